@@ -1,0 +1,75 @@
+"""The tokenizer's configuration: one dataclass, serialised as `config.json`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ImageTokenizerConfig:
+    """Architecture and quantizer of an `ImageTokenizer`.
+
+    The encoder maps `[B, in_channels, H, W]` to a `[B, H / 2**num_downsamples, W / ...]`
+    grid; `channel_mult` has one entry per resolution level (`num_downsamples + 1`).
+    Fields prefixed `vq_` apply to `quantizer="vq"`, `gumbel_` to `quantizer="gumbel"`.
+    """
+
+    in_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    num_downsamples: int = 2
+    latent_channels: int = 64
+    quantizer: Literal["vq", "gumbel"] = "vq"
+    codebook_size: int = 512
+    recon_loss: Literal["mse", "l1"] = "mse"
+
+    # VQ-VAE: nearest-neighbour lookup with a straight-through gradient.
+    vq_beta: float = 0.25                 # commitment weight, on ||z_e - sg(e)||^2
+    vq_codebook_dim: int | None = None    # low-dimensional lookup space (projection in/out); None = latent_channels
+    vq_l2_normalize: bool = False         # look up l2-normalised vectors (cosine similarity)
+    vq_ema: bool = True                   # EMA codebook updates instead of a codebook loss
+    vq_ema_decay: float = 0.99
+    vq_kmeans_init: bool = True           # initialise the codebook by k-means on the first batch
+    vq_kmeans_iters: int = 10
+    vq_restart_threshold: float = 1.0     # codes whose EMA usage count falls below this are restarted
+    vq_restart_every: int = 50            # training steps between dead-code checks (0 = never)
+
+    # Gumbel-softmax dVAE: relaxed categorical posterior, KL to a uniform prior.
+    gumbel_tau_start: float = 1.0
+    gumbel_tau_end: float = 1.0 / 16
+    gumbel_tau_steps: int = 5000          # cosine/exponential anneal length, in training steps
+    gumbel_hard: bool = False             # straight-through one-hot samples
+    gumbel_kl_weight: float = 1e-3
+    gumbel_kl_warmup_steps: int = 1000
+    gumbel_diversity_weight: float = 0.0  # pushes up the entropy of the batch's average posterior
+    gumbel_logit_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.quantizer not in ("vq", "gumbel"):
+            raise ValueError(f"quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
+        if len(self.channel_mult) != self.num_downsamples + 1:
+            raise ValueError(
+                f"channel_mult needs one entry per resolution level (num_downsamples + 1 = "
+                f"{self.num_downsamples + 1}), got {self.channel_mult}"
+            )
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.image_size % self.downsample_factor:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by the downsampling factor "
+                f"{self.downsample_factor} (2**num_downsamples)"
+            )
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2**self.num_downsamples
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        side = self.image_size // self.downsample_factor
+        return (side, side)

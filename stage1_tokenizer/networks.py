@@ -1,0 +1,70 @@
+"""Residual convolutional encoder and decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ImageTokenizerConfig
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    groups = 32 if channels % 32 == 0 else (8 if channels % 8 == 0 else 1)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> conv, twice, plus a (1x1-projected if needed) skip."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            _norm(out_ch), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class Encoder(nn.Module):
+    """Image `[B, C, H, W]` -> features `[B, out_channels, H / 2**n, W / 2**n]`."""
+
+    def __init__(self, config: ImageTokenizerConfig, out_channels: int):
+        super().__init__()
+        chans = [config.base_channels * m for m in config.channel_mult]
+        layers: list[nn.Module] = [nn.Conv2d(config.in_channels, chans[0], 3, padding=1)]
+        for level, ch in enumerate(chans):
+            prev = chans[max(level - 1, 0)] if level else chans[0]
+            for i in range(config.num_res_blocks):
+                layers.append(ResBlock(prev if i == 0 else ch, ch))
+            if level < config.num_downsamples:
+                layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
+        layers += [ResBlock(chans[-1], chans[-1]), _norm(chans[-1]), nn.SiLU(),
+                   nn.Conv2d(chans[-1], out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Latents `[B, latent_channels, h, w]` -> image `[B, C, h * 2**n, w * 2**n]` (unbounded)."""
+
+    def __init__(self, config: ImageTokenizerConfig):
+        super().__init__()
+        chans = [config.base_channels * m for m in config.channel_mult][::-1]
+        layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, chans[0], 3, padding=1),
+                                   ResBlock(chans[0], chans[0])]
+        for level, ch in enumerate(chans):
+            prev = chans[max(level - 1, 0)]
+            for i in range(config.num_res_blocks):
+                layers.append(ResBlock(prev if i == 0 else ch, ch))
+            if level < config.num_downsamples:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+        layers += [_norm(chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], config.in_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

@@ -1,0 +1,289 @@
+"""Quantizers: latents `[B, D, h, w]` in, quantized latents, codes `[B, h, w]`, loss, stats out.
+
+Both quantizers share `forward(z, step=None) -> QuantizerOutput` and `embed(codes)`, so the
+tokenizer does not care which it holds. Their math runs in float32 even under autocast.
+Under DDP every statistic that changes the codebook (EMA counts and sums, k-means init,
+dead-code restarts) is reduced or broadcast so that all ranks hold the same codebook.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+import torch.distributed as dist
+
+from .config import ImageTokenizerConfig
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor          # [B, D, h, w], what the decoder reads
+    codes: torch.Tensor              # [B, h, w] int64
+    loss: torch.Tensor               # weighted quantizer loss (scalar)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes in place (no-op in a single process)."""
+    if _distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Copy rank `src`'s tensor to every process in place (no-op in a single process)."""
+    if _distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """||x_i - e_k||^2 for all pairs, via one matrix product: `[N, D] x [K, D] -> [N, K]`."""
+    return (
+        x.pow(2).sum(1, keepdim=True)
+        - 2.0 * x @ codebook.t()
+        + codebook.pow(2).sum(1)[None, :]
+    )
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of a code histogram: the effective number of codes in use."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None,
+           l2: bool = False) -> torch.Tensor:
+    """Lloyd k-means on `x [N, D]` with k-means++ seeding; an empty cluster keeps its centre."""
+    n = x.shape[0]
+    if n < k:  # too few points: repeat them with a little noise
+        noise = torch.randn(k - n, x.shape[1], generator=generator).to(x)
+        x = torch.cat([x, x[torch.arange(k - n) % n] + 1e-3 * noise])
+        n = k
+    first = int(torch.randint(n, (1,), generator=generator))
+    centres = [x[first]]
+    closest = (x - x[first]).pow(2).sum(1)
+    for _ in range(1, k):  # k-means++: next centre drawn with probability ~ squared distance
+        weights = closest.cpu().double()
+        if float(weights.sum()) <= 0:
+            weights = torch.ones(n, dtype=torch.double)
+        pick = int(torch.multinomial(weights, 1, generator=generator))
+        centres.append(x[pick])
+        closest = torch.minimum(closest, (x - x[pick]).pow(2).sum(1))
+    centres = torch.stack(centres).clone()
+    for _ in range(iters):
+        assign = squared_distances(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+        if l2:
+            centres = F.normalize(centres, dim=1)
+    return centres
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook with a straight-through gradient (VQ-VAE).
+
+    Loss: `||sg(z) - e||^2` (codebook term, only without EMA) `+ beta * ||z - sg(e)||^2`
+    (commitment term on the encoder output). Options: EMA codebook, l2-normalised codes,
+    a low-dimensional lookup space, k-means init and dead-code restart.
+    """
+
+    def __init__(self, config: ImageTokenizerConfig):
+        super().__init__()
+        self.config = config
+        dim = config.latent_channels
+        self.code_dim = config.vq_codebook_dim or dim
+        self.proj_in = nn.Linear(dim, self.code_dim) if self.code_dim != dim else nn.Identity()
+        self.proj_out = nn.Linear(self.code_dim, dim) if self.code_dim != dim else nn.Identity()
+        K = config.codebook_size
+        embed = torch.randn(K, self.code_dim)
+        embed = F.normalize(embed, dim=1) if config.vq_l2_normalize else embed / math.sqrt(self.code_dim)
+        self.codebook = nn.Parameter(embed, requires_grad=not config.vq_ema)
+        self.register_buffer("ema_count", torch.ones(K))
+        self.register_buffer("ema_sum", embed.clone())
+        self.register_buffer("initialized", torch.tensor(not config.vq_kmeans_init))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _lookup_space(self, z: torch.Tensor) -> torch.Tensor:
+        """`[B, D, h, w]` latents -> `[N, code_dim]` vectors in the lookup space (float32)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+        flat = self.proj_in(flat)
+        return F.normalize(flat, dim=1) if self.config.vq_l2_normalize else flat
+
+    def _codebook(self) -> torch.Tensor:
+        cb = self.codebook.float()
+        return F.normalize(cb, dim=1) if self.config.vq_l2_normalize else cb
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of `flat [N, code_dim]`."""
+        return squared_distances(flat, self._codebook()).argmin(1)
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, D, h, w]` -> nearest codes `[B, h, w]`."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.nearest(self._lookup_space(z)).reshape(z.shape[0], *z.shape[2:])
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes `[B, h, w]` -> quantized latents `[B, D, h, w]` (what the decoder reads)."""
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            vecs = self.proj_out(self._codebook()[codes])  # [B, h, w, D]
+        return vecs.permute(0, 3, 1, 2).contiguous()
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        if dist.is_initialized() and dist.get_rank() != 0:
+            centres = torch.empty_like(self.codebook)
+        else:
+            g = torch.Generator().manual_seed(0)
+            centres = kmeans(flat, self.config.codebook_size, self.config.vq_kmeans_iters,
+                             generator=g, l2=self.config.vq_l2_normalize)
+        broadcast_(centres)
+        self.codebook.data.copy_(centres)
+        self.ema_sum.copy_(centres)
+        self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
+        K, decay = self.config.codebook_size, self.config.vq_ema_decay
+        counts = torch.bincount(codes, minlength=K).float()
+        sums = torch.zeros(K, self.code_dim, device=flat.device).index_add_(0, codes, flat)
+        all_reduce_sum_(counts)
+        all_reduce_sum_(sums)
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + K * 1e-5) * n  # Laplace smoothing
+        self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: torch.Tensor) -> int:
+        """Move rarely used codes onto random current encoder outputs; returns how many."""
+        dead = self.ema_count < self.config.vq_restart_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        new = torch.empty(n_dead, self.code_dim, device=flat.device)
+        if not (dist.is_initialized() and dist.get_rank() != 0):
+            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+            new.copy_(flat[pick] + 1e-4 * torch.randn_like(new))
+        broadcast_(new)
+        self.codebook.data[dead] = new
+        # A restarted code starts with a modest usage so it is not restarted again at once.
+        self.ema_sum[dead] = new * self.config.vq_restart_threshold
+        self.ema_count[dead] = self.config.vq_restart_threshold
+        return n_dead
+
+    def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
+        B, _, h, w = z.shape
+        cfg = self.config
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = self._lookup_space(z)
+            if self.training and not bool(self.initialized):
+                self._kmeans_init(flat.detach())
+            codes = self.nearest(flat.detach())
+            restarted = 0
+            if self.training and cfg.vq_ema:
+                self._ema_update(flat.detach(), codes)
+                self.steps += 1
+                if cfg.vq_restart_every and int(self.steps) % cfg.vq_restart_every == 0:
+                    restarted = self._restart_dead_codes(flat.detach())
+            codebook = self._codebook()
+            e = codebook[codes]
+            commitment = F.mse_loss(flat, e.detach())
+            loss = cfg.vq_beta * commitment
+            if not cfg.vq_ema:
+                loss = loss + F.mse_loss(e, flat.detach())
+            st = flat + (e - flat).detach()  # straight-through: identity gradient to the encoder
+            quantized = self.proj_out(st).reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            counts = torch.bincount(codes, minlength=cfg.codebook_size)
+        stats = {
+            "commitment": float(commitment.detach()),
+            "batch_perplexity": perplexity(counts),
+            "restarted": float(restarted),
+        }
+        return QuantizerOutput(quantized, codes.reshape(B, h, w), loss, stats)
+
+
+class GumbelQuantizer(nn.Module):
+    """Relaxed categorical posterior over `K` codes (DALL-E's dVAE).
+
+    The encoder emits `K` logits per position. In training the decoder reads the mixture
+    `softmax((logits + g) / tau) @ codebook` (or its straight-through one-hot with
+    `gumbel_hard`), with `tau` annealed from `gumbel_tau_start` to `gumbel_tau_end`; the loss is
+    the KL from the posterior to the uniform prior, its weight warmed up linearly. At
+    inference the code is the argmax.
+    """
+
+    def __init__(self, config: ImageTokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.codebook = nn.Embedding(config.codebook_size, config.latent_channels)
+        nn.init.normal_(self.codebook.weight, std=1.0)
+
+    def temperature(self, step: int | None) -> float:
+        """Exponential anneal from tau_start to tau_end over gumbel_tau_steps; the end value at inference."""
+        cfg = self.config
+        if step is None:
+            return cfg.gumbel_tau_end
+        frac = min(max(step, 0) / max(cfg.gumbel_tau_steps, 1), 1.0)
+        return cfg.gumbel_tau_start * (cfg.gumbel_tau_end / cfg.gumbel_tau_start) ** frac
+
+    def kl_weight(self, step: int | None) -> float:
+        cfg = self.config
+        if step is None or cfg.gumbel_kl_warmup_steps <= 0:
+            return cfg.gumbel_kl_weight
+        return cfg.gumbel_kl_weight * min(step / cfg.gumbel_kl_warmup_steps, 1.0)
+
+    def codes(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, K, h, w]` -> the most probable codes `[B, h, w]`."""
+        return logits.float().argmax(1)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            return self.codebook(codes).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, logits: torch.Tensor, step: int | None = None) -> QuantizerOutput:
+        cfg = self.config
+        K = cfg.codebook_size
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float() * cfg.gumbel_logit_scale
+            log_q = F.log_softmax(logits, dim=1)  # [B, K, h, w]
+            codes = logits.argmax(1)
+            tau = self.temperature(step)
+            if self.training:
+                probs = F.gumbel_softmax(logits, tau=tau, hard=cfg.gumbel_hard, dim=1)
+            else:
+                probs = F.one_hot(codes, K).permute(0, 3, 1, 2).float()
+            quantized = torch.einsum("bkhw,kd->bdhw", probs, self.codebook.weight.float())
+            q = log_q.exp()
+            # KL(q || uniform) = sum q log q + log K, averaged over positions.
+            kl = (q * log_q).sum(1).mean() + math.log(K)
+            avg_q = q.mean(dim=(0, 2, 3))  # the batch's marginal code distribution
+            marginal_entropy = -(avg_q * torch.log(avg_q.clamp_min(1e-12))).sum()
+            loss = self.kl_weight(step) * kl
+            if cfg.gumbel_diversity_weight:
+                loss = loss + cfg.gumbel_diversity_weight * (math.log(K) - marginal_entropy)
+            counts = torch.bincount(codes.flatten(), minlength=K)
+        stats = {
+            "kl": float(kl.detach()),
+            "temperature": tau,
+            "kl_weight": self.kl_weight(step),
+            "batch_perplexity": perplexity(counts),
+            "marginal_perplexity": float(marginal_entropy.detach().exp()),
+        }
+        return QuantizerOutput(quantized, codes, loss, stats)
+
+
+def build_quantizer(config: ImageTokenizerConfig) -> nn.Module:
+    return VectorQuantizer(config) if config.quantizer == "vq" else GumbelQuantizer(config)
