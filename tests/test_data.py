@@ -1,0 +1,278 @@
+import dataclasses
+import gzip
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainkit.data import (
+    FASHION_MNIST_CLASSES,
+    DataConfig,
+    ImageDataset,
+    holdout_indices,
+    load_split,
+    load_splits,
+    read_idx,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """Keep the `datasets` cache of each test inside its tmp dir."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def small(**kw) -> DataConfig:
+    return DataConfig(**{"max_train_samples": 64, "max_val_samples": 32, **kw})
+
+
+def write_png(path, size, color, mode):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    """cat/ holds RGB images, dog/ grayscale ones, all 8x8."""
+    root = tmp_path / "folder"
+    for i in range(3):
+        write_png(root / "cat" / f"{i}.png", (8, 8), (200, 100, 50 + i), "RGB")
+        write_png(root / "dog" / f"{i}.png", (8, 8), 30 * i, "L")
+    return root
+
+
+def idx_bytes(magic: int, shape, payload: bytes) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+    return header + payload
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def test_fashion_mnist_default_splits():
+    splits = load_splits(DataConfig())
+    assert (len(splits.train), len(splits.val)) == (60000, 10000)
+    assert splits.num_classes == 10 and splits.class_names == FASHION_MNIST_CLASSES
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    assert splits.channels == 1 and splits.image_size == (28, 28)
+    assert splits.train.images_uint8.shape == (60000, 1, 28, 28)
+    assert splits.train.images_uint8.dtype == torch.uint8
+    image, label = splits.train[0]
+    assert image.dtype == torch.float32 and image.shape == (1, 28, 28)
+    assert isinstance(label, int) and 0 <= label <= 9
+    for ds in (splits.train, splits.val):
+        assert ds.labels.dtype == torch.long
+        assert sorted(ds.labels.unique().tolist()) == list(range(10))
+        assert torch.bincount(ds.labels).tolist() == [len(ds) // 10] * 10
+    images, _ = splits.val.get_batch(torch.arange(256))
+    assert images.min() == -1.0 and images.max() == 1.0
+    assert isinstance(splits.source, str) and "fashion_mnist" in splits.source
+
+
+def test_fashion_mnist_named_split_and_stable_source():
+    test = load_split(DataConfig(), "test")
+    assert len(test) == 10000
+    for name in ("val", "validation"):  # the split serving as validation: here "test", capped
+        assert len(load_split(DataConfig(max_val_samples=7), name)) == 7
+    again = load_split(DataConfig(), "test")
+    assert test.source == again.source
+    assert torch.equal(test.images_uint8, again.images_uint8)
+    assert load_split(DataConfig(image_size=32), "test").source != test.source
+
+
+def test_fashion_mnist_rgb_channels_equal():
+    splits = load_splits(small(channels=3))
+    image, _ = splits.train[3]
+    assert image.shape == (3, 28, 28)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_resize_and_pad_to_32():
+    native = load_split(small(), "train").images_uint8
+    resized = load_split(small(image_size=32), "train")
+    assert resized.images_uint8.shape == (64, 1, 32, 32)
+    x, _ = resized[0]
+    assert x.shape == (1, 32, 32) and -1 <= x.min() and x.max() <= 1
+    assert abs(resized.images_uint8.float().mean() - native.float().mean()) < 2
+    padded = load_split(small(image_size=32, resize_mode="pad"), "train").images_uint8
+    assert torch.equal(padded[:, :, 2:30, 2:30], native)
+    border = padded.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert border.sum() == 0
+
+
+def test_indivisible_size_errors():
+    with pytest.raises(ValueError, match=r"28x28.*factor 8.*data.image_size.*32.*pad"):
+        load_splits(small(), downsample_factor=8)
+    with pytest.raises(ValueError, match=r"data.image_size=30.*factor 4.*32"):
+        load_splits(small(image_size=30), downsample_factor=4)
+    assert load_splits(small(image_size=32), downsample_factor=8).image_size == (32, 32)
+
+
+def test_pad_smaller_than_image_errors():
+    with pytest.raises(ValueError, match="resize_mode=resize"):
+        load_splits(small(image_size=16, resize_mode="pad"))
+
+
+def test_missing_idx_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*FASHION_MNIST_DIR"):
+        load_splits(DataConfig())
+
+
+def test_idx_reader_validates(tmp_path):
+    good = tmp_path / "good-idx1-ubyte.gz"
+    good.write_bytes(gzip.compress(idx_bytes(0x801, [3], bytes([1, 2, 3]))))
+    assert read_idx(good).tolist() == [1, 2, 3]
+    cases = {
+        "magic": idx_bytes(0x12345678, [3], bytes(3)),
+        "truncated": idx_bytes(0x803, [2, 4, 4], bytes(20)),
+    }
+    for name, raw in cases.items():
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(gzip.compress(raw))
+        with pytest.raises(ValueError, match="corrupt IDX"):
+            read_idx(path)
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(gzip.compress(idx_bytes(0x801, [3], bytes(3)))[:-6])
+    with pytest.raises(ValueError, match="corrupt IDX"):
+        read_idx(broken)
+
+
+def test_lazy_matches_in_memory():
+    cfg = small(image_size=32, channels=3)
+    eager = load_split(cfg, "train")
+    lazy = load_split(dataclasses.replace(cfg, in_memory_max_mb=0), "train")
+    assert lazy.images_uint8 is None and len(lazy) == len(eager)
+    for i in (0, 17, -1):
+        assert torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1]
+    assert torch.equal(lazy.get_batch([1, 2])[0], eager.get_batch([1, 2])[0])
+
+
+# ----------------------------------------------------------------------------- other sources
+
+
+def test_image_folder_with_classes(class_folder):
+    splits = load_splits(DataConfig(dataset=str(class_folder), val_fraction=0.34))
+    assert splits.class_names == ["cat", "dog"] and splits.num_classes == 2
+    assert (len(splits.train), len(splits.val)) == (4, 2)
+    assert splits.image_size == (8, 8) and splits.train.images_uint8.shape[1:] == (1, 8, 8)
+    everything = torch.cat([splits.train.labels, splits.val.labels])
+    assert sorted(everything.tolist()) == [0, 0, 0, 1, 1, 1]
+    rgb = load_split(DataConfig(dataset=str(class_folder), channels=3, val_split="holdout", val_fraction=0.5), "train")
+    for image, label in (rgb[i] for i in range(len(rgb))):
+        assert image.shape == (3, 8, 8)
+        if label == 1:  # grayscale source images become equal RGB channels
+            assert torch.equal(image[0], image[2])
+        else:
+            assert image[0].mean() > image[2].mean()
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(6):
+        write_png(tmp_path / "flat" / f"{i}.png", (12, 12), 40 * i, "L")
+    splits = load_splits(DataConfig(dataset=str(tmp_path / "flat"), image_size=16, resize_mode="pad"))
+    assert splits.num_classes is None and splits.class_names is None
+    assert len(splits.train) + len(splits.val) == 6
+    assert (splits.train.labels == -1).all() and splits.train[0][1] == -1
+    assert splits.train[0][0].shape == (1, 16, 16)
+
+
+def test_mixed_native_sizes_need_image_size(tmp_path):
+    write_png(tmp_path / "mixed" / "a.png", (8, 8), 10, "L")
+    write_png(tmp_path / "mixed" / "b.png", (16, 8), 10, "L")
+    with pytest.raises(ValueError, match="set data.image_size"):
+        load_splits(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5))
+    splits = load_splits(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5, image_size=8))
+    assert splits.image_size == (8, 8)
+
+
+def test_parquet_file(tmp_path):
+    images = [Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)) for i in range(10)]
+    path = tmp_path / "data.parquet"
+    datasets.Dataset.from_dict({"image": images, "label": list(range(10))}).to_parquet(str(path))
+    splits = load_splits(DataConfig(dataset=str(path), channels=3, val_fraction=0.2))
+    assert (len(splits.train), len(splits.val)) == (8, 2)
+    assert splits.num_classes == 10 and splits.class_names is None
+    image, label = splits.train[0]
+    expected = torch.tensor([label, 2 * label, 3 * label]) / 127.5 - 1
+    assert torch.allclose(image[:, 0, 0], expected)
+
+
+def test_parquet_folder_uses_split_names_and_class_labels(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    for split, n in (("train", 6), ("test", 3)):
+        data = {"image": [Image.new("L", (8, 8), i) for i in range(n)], "label": [i % 2 for i in range(n)]}
+        path = tmp_path / "pq" / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict(data, features=features).to_parquet(str(path))
+    splits = load_splits(DataConfig(dataset=str(tmp_path / "pq")))
+    assert (len(splits.train), len(splits.val)) == (6, 3)
+    assert splits.class_names == ["a", "b"]
+    assert len(load_split(DataConfig(dataset=str(tmp_path / "pq" / "*.parquet")), "test")) == 3
+
+
+def test_holdout_is_deterministic_and_disjoint(tmp_path):
+    train, val = holdout_indices(1000, 0.05, seed=3)
+    assert len(val) == 50 and len(train) == 950
+    assert not set(train.tolist()) & set(val.tolist())
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), holdout_indices(1000, 0.05, seed=3)))
+    assert not np.array_equal(val, holdout_indices(1000, 0.05, seed=4)[1])
+
+    images = [Image.new("L", (4, 4), i) for i in range(40)]
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"image": images, "label": list(range(40))}).to_parquet(str(path))
+    cfg = DataConfig(dataset=str(path), val_fraction=0.25, split_seed=7)
+    first, second = load_splits(cfg), load_splits(cfg)
+    assert (len(first.train), len(first.val)) == (30, 10)
+    assert torch.equal(first.val.labels, second.val.labels) and first.source == second.source
+    assert not set(first.train.labels.tolist()) & set(first.val.labels.tolist())
+    assert torch.equal(load_split(cfg, "train").labels, first.train.labels)
+    capped = load_splits(dataclasses.replace(cfg, max_train_samples=5))
+    assert torch.equal(capped.train.labels, first.train.labels[:5])
+
+
+def test_missing_image_column(tmp_path):
+    path = tmp_path / "pixels.parquet"
+    datasets.Dataset.from_dict({"img": [Image.new("L", (4, 4))] * 2, "label": [0, 1]}).to_parquet(str(path))
+    with pytest.raises(ValueError, match=r"'image'.*\['img', 'label'\].*data.image_column"):
+        load_splits(DataConfig(dataset=str(path)))
+
+
+def test_hub_id_goes_through_load_dataset(monkeypatch):
+    calls = []
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y", "z"])})
+
+    def make(n):
+        images = [Image.new("RGB", (8, 8), (i, i, i)) for i in range(n)]
+        return datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]}, features=features)
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.DatasetDict({"train": make(6), "validation": make(3), "test": make(4)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_splits(DataConfig(dataset="someone/tiny-images", config_name="small", revision="v1"))
+    assert calls == [("someone/tiny-images", {"name": "small", "revision": "v1"})]
+    assert (len(splits.train), len(splits.val)) == (6, 3)
+    assert splits.class_names == ["x", "y", "z"]
+    assert "someone/tiny-images" in splits.source
+    assert len(load_split(DataConfig(dataset="someone/tiny-images"), "test")) == 4
+
+    calls.clear()
+    for missing in ("./no/such/folder", "/no/such/file.parquet"):
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            load_splits(DataConfig(dataset=missing))
+    assert calls == []
+
+
+def test_image_dataset_from_tensor():
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    ds = ImageDataset(images)
+    image, label = ds[2]
+    assert label == -1 and torch.allclose(image, images[2].float() / 127.5 - 1)
+    assert ds.image_shape == (3, 8, 8) and len(ds) == 5
