@@ -113,6 +113,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_sum", embed.clone())
         self.register_buffer("initialized", torch.tensor(not config.vq_kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("restarted_total", torch.zeros((), dtype=torch.long))
 
     def _lookup_space(self, z: torch.Tensor) -> torch.Tensor:
         """`[B, D, h, w]` latents -> `[N, code_dim]` vectors in the lookup space (float32)."""
@@ -182,6 +183,7 @@ class VectorQuantizer(nn.Module):
         # A restarted code starts with a modest usage so it is not restarted again at once.
         self.ema_sum[dead] = new * self.config.vq_restart_threshold
         self.ema_count[dead] = self.config.vq_restart_threshold
+        self.restarted_total += n_dead
         return n_dead
 
     def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
@@ -228,8 +230,7 @@ class GumbelQuantizer(nn.Module):
     def __init__(self, config: ImageTokenizerConfig):
         super().__init__()
         self.config = config
-        self.codebook = nn.Embedding(config.codebook_size, config.latent_channels)
-        nn.init.normal_(self.codebook.weight, std=1.0)
+        self.codebook = nn.Parameter(torch.randn(config.codebook_size, config.latent_channels))
 
     def temperature(self, step: int | None) -> float:
         """Exponential anneal from tau_start to tau_end over gumbel_tau_steps; the end value at inference."""
@@ -251,7 +252,7 @@ class GumbelQuantizer(nn.Module):
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=codes.device.type, enabled=False):
-            return self.codebook(codes).permute(0, 3, 1, 2).contiguous()
+            return F.embedding(codes, self.codebook.float()).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, logits: torch.Tensor, step: int | None = None) -> QuantizerOutput:
         cfg = self.config
@@ -265,7 +266,7 @@ class GumbelQuantizer(nn.Module):
                 probs = F.gumbel_softmax(logits, tau=tau, hard=cfg.gumbel_hard, dim=1)
             else:
                 probs = F.one_hot(codes, K).permute(0, 3, 1, 2).float()
-            quantized = torch.einsum("bkhw,kd->bdhw", probs, self.codebook.weight.float())
+            quantized = torch.einsum("bkhw,kd->bdhw", probs, self.codebook.float())
             q = log_q.exp()
             # KL(q || uniform) = sum q log q + log K, averaged over positions.
             kl = (q * log_q).sum(1).mean() + math.log(K)

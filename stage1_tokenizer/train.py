@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from trainkit.config import ConfigError, load_config, to_dict
@@ -22,7 +23,7 @@ from trainkit.loop import HubConfig, LoopConfig, TrainTask, run_training
 
 from .config import ImageTokenizerConfig
 from .model import ImageTokenizer
-from .quantizers import perplexity
+from .evaluate import reconstruction_metrics
 
 
 @dataclass
@@ -38,49 +39,6 @@ class TokenizerTrainConfig:
     preview_images: int = 32
 
 
-@torch.no_grad()
-def reconstruction_metrics(
-    tokenizer: ImageTokenizer, loader, accelerator: Accelerator | None = None, max_batches: int | None = None
-) -> tuple[dict[str, float], torch.Tensor]:
-    """MSE and PSNR on [0, 1] (per image, averaged), codebook usage and perplexity over a whole split.
-
-    Runs the inference path (`encode` then `decode`). Under several processes each rank
-    encodes its shard and the figures are gathered, so every rank returns the same numbers.
-    Also returns the first batch's images and reconstructions for previews.
-    """
-    K = tokenizer.codebook_size
-    hist = torch.zeros(K, dtype=torch.long)
-    sq_err, psnr_sum, n = 0.0, 0.0, 0
-    first = None
-    for i, (images, _labels) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        if accelerator is not None:
-            with accelerator.autocast():
-                codes = tokenizer.encode(images)
-                recon = tokenizer.decode(codes)
-        else:
-            codes = tokenizer.encode(images)
-            recon = tokenizer.decode(codes)
-        mse = ((recon.float() - images.float()) / 2).pow(2).flatten(1).mean(1)  # on [0, 1]
-        if accelerator is not None:
-            mse, codes = accelerator.gather_for_metrics((mse, codes))
-        hist += torch.bincount(codes.flatten().cpu(), minlength=K)
-        sq_err += float(mse.sum())
-        psnr_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
-        n += mse.numel()
-        if first is None:
-            first = (images[:32].cpu(), recon[:32].float().cpu())
-    metrics = {
-        "mse": sq_err / max(n, 1),
-        "psnr": psnr_sum / max(n, 1),
-        "codebook_usage": float((hist > 0).float().mean()),
-        "perplexity": perplexity(hist),
-        "num_images": float(n),
-    }
-    return metrics, first
-
-
 class TokenizerTask(TrainTask):
     def __init__(self, cfg: TokenizerTrainConfig):
         splits = load_splits(cfg.data, downsample_factor=cfg.model.downsample_factor)
@@ -94,16 +52,12 @@ class TokenizerTask(TrainTask):
         self.model = ImageTokenizer(cfg.model)
         self.train_dataset = splits.train
         self.val_dataset = splits.val
-        self.restarted_total = 0
 
     def training_step(self, model, batch, step):
         images, _ = batch
         out = model(images, step=step)
-        self.restarted_total += int(out.stats.get("restarted", 0))
         logs = {"recon_loss": float(out.recon_loss.detach()), "quantizer_loss": float(out.quantizer_loss.detach()),
                 **out.stats}
-        if "restarted" in logs:
-            logs["restarted_total"] = float(self.restarted_total)
         return out.loss, logs
 
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):
@@ -112,7 +66,10 @@ class TokenizerTask(TrainTask):
         if tokenizer.config.quantizer == "gumbel":
             metrics["temperature"] = tokenizer.quantizer.temperature(step)
         else:
-            metrics["dead_codes_restarted"] = float(self.restarted_total)
+            metrics["dead_codes_restarted"] = float(tokenizer.quantizer.restarted_total)
+        if accelerator.num_processes > 1:  # every rank must hold the same codebook
+            gathered = accelerator.gather(tokenizer.quantizer.codebook.detach()[None])
+            metrics["codebook_rank_max_diff"] = float((gathered - gathered[:1]).abs().max())
         k = min(self.config.preview_images, images.shape[0])
         return metrics, interleave_rows(images[:k], recon[:k], per_row=8)
 
@@ -134,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> TokenizerTrainConfig:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = parse_args(argv)
+    set_seed(cfg.train.seed)  # the model's initial weights depend on it
     task = TokenizerTask(cfg)
     return run_training(task, cfg.train, cfg.output_dir, resume=cfg.resume, hub=cfg.hub, run_config=to_dict(cfg))
 

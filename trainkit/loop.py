@@ -173,6 +173,9 @@ def run_training(
         output_dir.mkdir(parents=True, exist_ok=True)
         if run_config is not None:
             (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        info = {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                "device": str(accelerator.device), "torch_threads": torch.get_num_threads()}
+        (output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if on_start is not None:
         on_start(accelerator)

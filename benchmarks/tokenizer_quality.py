@@ -1,0 +1,74 @@
+"""Train a tokenizer recipe for a wall-clock budget, then measure it on the held-out test split.
+
+    python benchmarks/tokenizer_quality.py --recipe vq          # configs/tokenizer/fashion_mnist_vq.yaml, 10 min
+    python benchmarks/tokenizer_quality.py --recipe gumbel --minutes 10
+    python benchmarks/tokenizer_quality.py --model runs/tokenizer_vq/final   # evaluate only
+
+Prints one JSON object: the recipe, the budget, steps done, and per-image PSNR (on [0, 1],
+averaged over the 10,000 Fashion-MNIST test images), MSE, codebook usage and perplexity,
+beside the targets (VQ: PSNR >= 25 dB and usage >= 95%; Gumbel: PSNR >= 22 dB, usage >= 60%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"vq": {"psnr": 25.0, "codebook_usage": 0.95}, "gumbel": {"psnr": 22.0, "codebook_usage": 0.60}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", choices=sorted(TARGETS), default="vq")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
+    parser.add_argument("--output-dir", default=None, help="default: runs/bench_tokenizer_<recipe>")
+    parser.add_argument("--model", default=None, help="skip training; evaluate this saved tokenizer")
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for the recipe")
+    args = parser.parse_args()
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from stage1_tokenizer import ImageTokenizer
+    from stage1_tokenizer.evaluate import evaluate_split
+    from trainkit.data import DataConfig
+
+    report: dict = {"benchmark": "tokenizer_quality", "recipe": args.recipe, "threads": args.threads}
+    if args.model is None:
+        out = Path(args.output_dir or REPO / "runs" / f"bench_tokenizer_{args.recipe}")
+        cmd = [sys.executable, "-m", "stage1_tokenizer.train",
+               "--config", str(REPO / "configs" / "tokenizer" / f"fashion_mnist_{args.recipe}.yaml"),
+               f"output_dir={out}", f"train.max_minutes={args.minutes}", f"train.num_threads={args.threads}",
+               "train.progress_bar=false", *args.overrides]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        report.update(train_minutes_budget=args.minutes, train_wall_seconds=round(time.perf_counter() - start, 1))
+        state = json.loads((out / "final" / "eval_metrics.json").read_text())
+        report["train_steps"] = state["step"]
+        model_dir = out / "final"
+    else:
+        model_dir = Path(args.model)
+    tokenizer = ImageTokenizer.from_pretrained(model_dir)
+    report["model"] = str(model_dir)
+    report["parameters"] = sum(p.numel() for p in tokenizer.parameters())
+    report["grid"] = list(tokenizer.grid_size)
+    report["codebook_size"] = tokenizer.codebook_size
+    data = DataConfig(dataset="fashion_mnist", channels=tokenizer.config.in_channels)
+    metrics = evaluate_split(tokenizer, data, "test")
+    report["test"] = {k: round(v, 5) for k, v in metrics.items()}
+    target = TARGETS[tokenizer.config.quantizer]
+    report["targets"] = target
+    report["meets_targets"] = all(metrics[k] >= v for k, v in target.items())
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""YAML recipes and key=value overrides become typed configs; unknown keys are errors."""
+
+from pathlib import Path
+
+import pytest
+
+from stage1_tokenizer.train import TokenizerTrainConfig
+from trainkit.config import ConfigError, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "tokenizer").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_tokenizer_recipe_loads(path):
+    cfg = load_config(TokenizerTrainConfig, path)
+    assert cfg.model.quantizer in ("vq", "gumbel")
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = load_config(
+        TokenizerTrainConfig, CONFIGS / "tokenizer" / "fashion_mnist_vq.yaml",
+        ["train.lr=3e-4", "model.channel_mult=[1,1,2]", "output_dir=/tmp/x", "train.max_minutes=null",
+         "model.vq_codebook_dim=8"],
+    )
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.channel_mult == [1, 1, 2]
+    assert cfg.output_dir == "/tmp/x"
+    assert cfg.train.max_minutes is None
+    assert cfg.model.vq_codebook_dim == 8
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.learning_rate=1", r"unknown config key\(s\) \['train.learning_rate'\]"),
+        ("model.codebook_size=many", "expected an integer"),
+        ("model.quantizer=fsq", "not one of"),
+        ("train.max_steps", "key=value"),
+        ("train.mixed_precision=fp8", "not one of"),
+    ],
+)
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "fashion_mnist_vq.yaml", [override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  codebok_size: 3\n")
+    with pytest.raises(ConfigError, match="model.codebok_size"):
+        load_config(TokenizerTrainConfig, path)
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}

@@ -1,0 +1,124 @@
+"""ImageTokenizer: shapes, bad inputs, save/load round trips."""
+
+import json
+
+import pytest
+import torch
+
+from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from trainkit.hub import CheckpointError
+
+
+def tiny(quantizer="vq", **kw):
+    cfg = dict(quantizer=quantizer, in_channels=1, image_size=8, base_channels=8, channel_mult=[1, 2],
+               num_downsamples=1, latent_channels=8, codebook_size=32)
+    cfg.update(kw)
+    return ImageTokenizer(ImageTokenizerConfig(**cfg))
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
+def test_shapes_and_output(quantizer):
+    torch.manual_seed(0)
+    model = tiny(quantizer)
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    out = model(images, step=0)
+    assert out.reconstruction.shape == images.shape
+    assert out.codes.shape == (4, 4, 4) and out.codes.dtype == torch.long
+    torch.testing.assert_close(out.loss, out.recon_loss + out.quantizer_loss)
+    assert "batch_perplexity" in out.stats
+    model.eval()
+    codes = model.encode(images)
+    assert codes.shape == (4, 4, 4) and int(codes.max()) < 32
+    decoded = model.decode(codes)
+    assert decoded.shape == images.shape and float(decoded.abs().max()) <= 1.0
+    # inference forward and encode agree on the codes
+    assert torch.equal(model(images).codes, codes)
+
+
+def test_rgb_and_grid():
+    model = tiny(in_channels=3, image_size=16)
+    assert model.grid_size == (8, 8)
+    assert model.encode(torch.zeros(2, 3, 16, 16)).shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (torch.zeros(2, 3, 8, 8), r"\[B, 1, H, W\]"),
+        (torch.zeros(2, 1, 7, 8), "divisible by 2"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "float tensor"),
+        (torch.zeros(1, 8, 8), r"shape \[B, 1, H, W\]"),
+    ],
+)
+def test_bad_images(images, match):
+    model = tiny()
+    with pytest.raises(ValueError, match=match):
+        model.encode(images)
+    with pytest.raises(ValueError, match=match):
+        model(images)
+
+
+@pytest.mark.parametrize(
+    "codes, match",
+    [
+        (torch.full((1, 4, 4), 32), r"\[0, 32\)"),
+        (torch.full((1, 4, 4), -1), r"\[0, 32\)"),
+        (torch.zeros(1, 16, dtype=torch.long), r"shape \[B, h, w\]"),
+        (torch.zeros(1, 4, 4), "integer tensor"),
+    ],
+)
+def test_bad_codes(codes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny().decode(codes)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="channel_mult"):
+        ImageTokenizerConfig(channel_mult=[1, 2], num_downsamples=2)
+    with pytest.raises(ValueError, match="not divisible"):
+        ImageTokenizerConfig(image_size=30, num_downsamples=2)
+    with pytest.raises(ValueError, match="quantizer"):
+        ImageTokenizerConfig(quantizer="fsq")
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
+def test_save_load_round_trip_gives_identical_codes(tmp_path, quantizer):
+    torch.manual_seed(0)
+    model = tiny(quantizer, vq_codebook_dim=4, vq_l2_normalize=True)
+    model.train()(torch.rand(8, 1, 8, 8) * 2 - 1, step=3)  # move the EMA/k-means state off its init
+    model.eval()
+    images = torch.rand(5, 1, 8, 8) * 2 - 1
+    model.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.config == model.config
+    assert not loaded.training
+    assert torch.equal(loaded.encode(images), model.encode(images))
+    torch.testing.assert_close(loaded.decode(model.encode(images)), model.decode(model.encode(images)))
+
+
+def test_truncated_weights_are_a_clear_error(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated or not a safetensors"):
+        ImageTokenizer.from_pretrained(tmp_path)
+
+
+def test_mismatched_weights_are_a_clear_error(tmp_path):
+    tiny(codebook_size=32).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["codebook_size"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape mismatches.*codebook"):
+        ImageTokenizer.from_pretrained(tmp_path)
+
+
+def test_not_a_tokenizer_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        ImageTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        ImageTokenizer.from_pretrained(tmp_path / "missing" / "dir")
+    (tmp_path / "config.json").write_text(json.dumps({"codebook_size": 8, "colour": "red"}))
+    with pytest.raises(CheckpointError, match="unknown config key"):
+        ImageTokenizer.from_pretrained(tmp_path)

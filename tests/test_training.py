@@ -1,0 +1,109 @@
+"""The tokenizer trains through the shared loop: loss falls, checkpoints resume exactly,
+two processes keep one codebook, and bad runs stop loudly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY_TOKENIZER, run_module
+from stage1_tokenizer import ImageTokenizer
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "stage1_tokenizer.train", "--config", "configs/tokenizer/fashion_mnist_vq.yaml",
+            f"data.dataset={data}", f"output_dir={out}", *TINY_TOKENIZER, *extra]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe", ["fashion_mnist_vq.yaml", "fashion_mnist_gumbel.yaml"])
+def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, recipe):
+    out = tmp_path / "run"
+    args = train_args(digits_parquet, out, "train.max_steps=60", "model.gumbel_tau_steps=60",
+                      "model.gumbel_kl_warmup_steps=20")
+    args[3] = f"configs/tokenizer/{recipe}"
+    run_module(args)
+    rows = read_metrics(out)
+    train = [r["train/recon_loss"] for r in rows if "train/recon_loss" in r]
+    assert train[-1] < 0.6 * train[0], train
+    evals = [r for r in rows if "val/psnr" in r]
+    assert [r["step"] for r in evals] == [20, 40, 60]
+    assert evals[-1]["val/psnr"] > evals[0]["val/psnr"]
+    assert evals[-1]["val/num_images"] == 297  # the whole test split
+    assert 0 < evals[-1]["val/codebook_usage"] <= 1
+    assert (out / "samples" / "step-0000060.png").is_file()
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    model = ImageTokenizer.from_pretrained(out / "final")
+    assert model.config.image_size == 8 and model.grid_size == (4, 4)
+    assert json.loads((out / "final" / "eval_metrics.json").read_text())["step"] == 60
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(digits_parquet, tmp_path):
+    common = ["train.max_steps=40", "train.checkpoint_every=10", "train.eval_every=1000", "train.keep_checkpoints=3"]
+    ref = tmp_path / "reference"
+    run_module(train_args(digits_parquet, ref, *common))
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *train_args(digits_parquet, out, *common)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() >= "step-0000020":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    killed_at = int(latest.read_text().strip().split("-")[1])
+    assert 20 <= killed_at < 40
+
+    result = run_module(train_args(digits_parquet, out, *common, "resume=latest"))
+    assert f"at step {killed_at}" in result.stdout + result.stderr
+    final = load_file(str(out / "final" / "model.safetensors"))
+    expected = load_file(str(ref / "final" / "model.safetensors"))
+    assert final.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], atol=0, rtol=0, msg=name)
+    steps = [r["step"] for r in read_metrics(out) if "train/loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # no step logged twice
+
+
+def test_two_processes_keep_identical_codebooks(digits_parquet, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(29500 + os.getpid() % 1000), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    args = train_args(digits_parquet, out, "train.max_steps=30", "train.eval_every=15", "train.batch_size=16")
+    run_module(args, env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["num_processes"] == 2
+    evals = [r for r in read_metrics(out) if "val/psnr" in r]
+    assert evals and all(r["val/codebook_rank_max_diff"] == 0.0 for r in evals)
+    assert evals[-1]["val/num_images"] == 297  # gathered over both ranks, no duplicates
+
+
+def test_mislaunch_fails_loudly(digits_parquet, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(30500 + os.getpid() % 1000), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    args = train_args(digits_parquet, tmp_path / "bad", "train.max_steps=2")
+    result = run_module(args, env={"ACCELERATE_USE_CPU": None}, launcher=launcher, check=False)
+    assert result.returncode != 0
+    assert "ACCELERATE_USE_CPU=1" in result.stderr
+
+
+def test_unknown_override_is_an_error(digits_parquet, tmp_path):
+    result = run_module(train_args(digits_parquet, tmp_path / "x", "train.learnign_rate=1"), check=False)
+    assert result.returncode != 0 and "train.learnign_rate" in result.stderr
