@@ -49,7 +49,7 @@ def main() -> None:
                f"output_dir={out}", f"train.max_minutes={args.minutes}", f"train.num_threads={args.threads}",
                "train.progress_bar=false", *args.overrides]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=REPO)
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=sys.stderr)  # keep stdout for the JSON report
         report.update(train_minutes_budget=args.minutes, train_wall_seconds=round(time.perf_counter() - start, 1))
         state = json.loads((out / "final" / "eval_metrics.json").read_text())
         report["train_steps"] = state["step"]

@@ -22,6 +22,7 @@ class ImageTokenizerConfig:
     num_res_blocks: int = 1
     num_downsamples: int = 2
     latent_channels: int = 64
+    norm: Literal["group", "none"] = "group"   # normalisation inside the residual blocks
     quantizer: Literal["vq", "gumbel"] = "vq"
     codebook_size: int = 512
     recon_loss: Literal["mse", "l1"] = "mse"

@@ -8,20 +8,28 @@ from torch import nn
 from .config import ImageTokenizerConfig
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    groups = 32 if channels % 32 == 0 else (8 if channels % 8 == 0 else 1)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+def _norm(channels: int, kind: str) -> nn.Module:
+    """GroupNorm (8 groups), or nothing: without it a step is about twice as fast on a CPU."""
+    if kind == "none":
+        return nn.Identity()
+    return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):
-    """norm -> SiLU -> conv, twice, plus a (1x1-projected if needed) skip."""
+    """norm -> SiLU -> conv, twice, plus a (1x1-projected if needed) skip.
 
-    def __init__(self, in_ch: int, out_ch: int):
+    The branch's last conv starts at zero, so every block starts as the identity; this
+    keeps deep stacks stable when there is no normalisation.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str = "group"):
         super().__init__()
         self.block = nn.Sequential(
-            _norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
-            _norm(out_ch), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            _norm(in_ch, norm), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            _norm(out_ch, norm), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
         )
+        nn.init.zeros_(self.block[-1].weight)
+        nn.init.zeros_(self.block[-1].bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,10 +46,10 @@ class Encoder(nn.Module):
         for level, ch in enumerate(chans):
             prev = chans[max(level - 1, 0)] if level else chans[0]
             for i in range(config.num_res_blocks):
-                layers.append(ResBlock(prev if i == 0 else ch, ch))
+                layers.append(ResBlock(prev if i == 0 else ch, ch, config.norm))
             if level < config.num_downsamples:
                 layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
-        layers += [ResBlock(chans[-1], chans[-1]), _norm(chans[-1]), nn.SiLU(),
+        layers += [ResBlock(chans[-1], chans[-1], config.norm), _norm(chans[-1], config.norm), nn.SiLU(),
                    nn.Conv2d(chans[-1], out_channels, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -56,14 +64,14 @@ class Decoder(nn.Module):
         super().__init__()
         chans = [config.base_channels * m for m in config.channel_mult][::-1]
         layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, chans[0], 3, padding=1),
-                                   ResBlock(chans[0], chans[0])]
+                                   ResBlock(chans[0], chans[0], config.norm)]
         for level, ch in enumerate(chans):
             prev = chans[max(level - 1, 0)]
             for i in range(config.num_res_blocks):
-                layers.append(ResBlock(prev if i == 0 else ch, ch))
+                layers.append(ResBlock(prev if i == 0 else ch, ch, config.norm))
             if level < config.num_downsamples:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
-        layers += [_norm(chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], config.in_channels, 3, padding=1)]
+        layers += [_norm(chans[-1], config.norm), nn.SiLU(), nn.Conv2d(chans[-1], config.in_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

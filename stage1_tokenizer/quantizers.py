@@ -90,6 +90,20 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
     return centres
 
 
+def gumbel_softmax_sample(logits: torch.Tensor, tau: float, hard: bool = False, dim: int = 1) -> torch.Tensor:
+    """softmax((logits + g) / tau) with g ~ Gumbel(0, 1) drawn as -log(-log(U)).
+
+    (Drawing U is about twice as fast on a CPU as `F.gumbel_softmax`'s exponential sampler.)
+    With `hard`, the forward value is the one-hot argmax and the gradient the soft sample's.
+    """
+    u = torch.rand_like(logits).clamp_(torch.finfo(logits.dtype).tiny, 1.0 - torch.finfo(logits.dtype).eps)
+    soft = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=dim)
+    if not hard:
+        return soft
+    one_hot = torch.zeros_like(soft).scatter_(dim, soft.argmax(dim, keepdim=True), 1.0)
+    return one_hot - soft.detach() + soft
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook with a straight-through gradient (VQ-VAE).
 
@@ -263,7 +277,7 @@ class GumbelQuantizer(nn.Module):
             codes = logits.argmax(1)
             tau = self.temperature(step)
             if self.training:
-                probs = F.gumbel_softmax(logits, tau=tau, hard=cfg.gumbel_hard, dim=1)
+                probs = gumbel_softmax_sample(logits, tau, hard=cfg.gumbel_hard)
             else:
                 probs = F.one_hot(codes, K).permute(0, 3, 1, 2).float()
             quantized = torch.einsum("bkhw,kd->bdhw", probs, self.codebook.float())

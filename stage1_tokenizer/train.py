@@ -8,18 +8,17 @@ Builds the model, data and loss and hands them to the shared loop (`trainkit.loo
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from trainkit.config import ConfigError, load_config, to_dict
+from trainkit.config import ConfigError
 from trainkit.data import DataConfig, load_splits
 from trainkit.images import interleave_rows
-from trainkit.loop import HubConfig, LoopConfig, TrainTask, run_training
+from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
 
 from .config import ImageTokenizerConfig
 from .model import ImageTokenizer
@@ -45,9 +44,7 @@ class TokenizerTask(TrainTask):
         h, w = splits.image_size
         if h != w:
             raise ConfigError(f"the tokenizer needs square images, the data gives {h}x{w}: set data.image_size")
-        cfg.model.in_channels = splits.channels
-        cfg.model.image_size = h
-        cfg.model.__post_init__()
+        cfg.model = dataclasses.replace(cfg.model, in_channels=splits.channels, image_size=h)
         self.config = cfg
         self.model = ImageTokenizer(cfg.model)
         self.train_dataset = splits.train
@@ -74,26 +71,9 @@ class TokenizerTask(TrainTask):
         return metrics, interleave_rows(images[:k], recon[:k], per_row=8)
 
 
-def parse_args(argv: list[str] | None = None) -> TokenizerTrainConfig:
-    parser = argparse.ArgumentParser(
-        prog="stage1_tokenizer.train",
-        description="Train a discrete image tokenizer (VQ-VAE or Gumbel dVAE). "
-        "Extra arguments are key=value overrides of the YAML (dotted keys, e.g. train.lr=3e-4).",
-    )
-    parser.add_argument("--config", help="YAML recipe, e.g. configs/tokenizer/fashion_mnist_vq.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        return load_config(TokenizerTrainConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    cfg = parse_args(argv)
-    set_seed(cfg.train.seed)  # the model's initial weights depend on it
-    task = TokenizerTask(cfg)
-    return run_training(task, cfg.train, cfg.output_dir, resume=cfg.resume, hub=cfg.hub, run_config=to_dict(cfg))
+    return train_from_command_line(TokenizerTrainConfig, TokenizerTask, prog="stage1_tokenizer.train",
+                                   description="Train a discrete image tokenizer (VQ-VAE or Gumbel dVAE).", argv=argv)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,25 @@ def test_training_pushes_final_model_and_reads_a_hub_dataset(hub, tmp_path, digi
     """)
     # one commit per checkpoint; the final model equals the last checkpoint, so pushing it changes nothing
     assert "step 10" in commits and "step 20" in commits
+
+
+def test_push_command_uploads_a_saved_directory(hub, tmp_path):
+    import torch
+    from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
+
+    cfg = ImageTokenizerConfig(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1,
+                               latent_channels=8, codebook_size=32)
+    ImageTokenizer(cfg).save_pretrained(tmp_path / "tok")
+    client(hub, tmp_path / "home", f"""
+        from trainkit.hub import push_main
+        url = push_main(["{tmp_path / 'tok'}", "user/pushed", "--message", "first"])
+        assert "user/pushed" in url, url
+        from huggingface_hub import HfApi
+        assert [c.title for c in HfApi().list_repo_commits("user/pushed")][0] == "first"
+        from stage1_tokenizer import ImageTokenizer
+        ImageTokenizer.from_pretrained("user/pushed")
+    """)
+    with pytest.raises(SystemExit):
+        from trainkit.hub import push_main
+        (tmp_path / "empty").mkdir()
+        push_main([str(tmp_path / "empty"), "user/x"])  # not a saved model directory

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from stage1_tokenizer import ImageTokenizerConfig
-from stage1_tokenizer.quantizers import GumbelQuantizer, VectorQuantizer, kmeans, squared_distances
+from stage1_tokenizer.quantizers import (
+    GumbelQuantizer, VectorQuantizer, gumbel_softmax_sample, kmeans, squared_distances,
+)
 
 
 def vq_config(**kw):
@@ -147,13 +149,33 @@ def gumbel_config(**kw):
 
 def test_gumbel_samples_approach_one_hot_as_temperature_falls():
     torch.manual_seed(0)
-    logits = torch.randn(64, 10)
-    max_prob = []
-    for tau in [2.0, 1.0, 0.3, 0.05]:
-        probs = F.gumbel_softmax(logits.repeat(50, 1), tau=tau, dim=1)
-        max_prob.append(float(probs.max(1).values.mean()))
+    logits = torch.randn(64, 10).repeat(50, 1)
+    max_prob = [float(gumbel_softmax_sample(logits, tau, dim=1).max(1).values.mean()) for tau in (2.0, 1.0, 0.3, 0.05)]
     assert max_prob == sorted(max_prob)
     assert max_prob[-1] > 0.97 and max_prob[0] < 0.8
+
+
+def test_gumbel_max_follows_the_softmax_distribution():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).repeat(40_000, 1)
+    samples = gumbel_softmax_sample(logits, tau=0.01, dim=1)
+    freq = samples.argmax(1).bincount(minlength=4).float() / len(samples)
+    torch.testing.assert_close(freq, logits[0].softmax(0), atol=0.01, rtol=0)
+
+
+def test_hard_gumbel_is_one_hot_with_the_soft_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, requires_grad=True)
+    torch.manual_seed(1)
+    hard = gumbel_softmax_sample(logits, tau=0.5, hard=True, dim=1)
+    assert torch.equal(hard.detach().sum(1), torch.ones(5)) and set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    weights = torch.randn(5, 7)
+    (hard * weights).sum().backward()
+    grad_hard = logits.grad.clone()
+    logits.grad = None
+    torch.manual_seed(1)
+    (gumbel_softmax_sample(logits, tau=0.5, dim=1) * weights).sum().backward()
+    torch.testing.assert_close(grad_hard, logits.grad)
 
 
 def test_gumbel_quantizer_schedule_and_mixture():

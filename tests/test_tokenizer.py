@@ -16,10 +16,10 @@ def tiny(quantizer="vq", **kw):
     return ImageTokenizer(ImageTokenizerConfig(**cfg))
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
-def test_shapes_and_output(quantizer):
+@pytest.mark.parametrize("quantizer, norm", [("vq", "group"), ("gumbel", "group"), ("vq", "none"), ("gumbel", "none")])
+def test_shapes_and_output(quantizer, norm):
     torch.manual_seed(0)
-    model = tiny(quantizer)
+    model = tiny(quantizer, norm=norm)
     images = torch.rand(4, 1, 8, 8) * 2 - 1
     out = model(images, step=0)
     assert out.reconstruction.shape == images.shape

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_TOKENIZER, run_module
 from stage1_tokenizer import ImageTokenizer
+from stage1_tokenizer.evaluate import main as evaluate_main
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -26,11 +27,11 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("recipe", ["fashion_mnist_vq.yaml", "fashion_mnist_gumbel.yaml"])
-def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, recipe):
+@pytest.mark.parametrize("recipe, precision", [("fashion_mnist_vq.yaml", "bf16"), ("fashion_mnist_gumbel.yaml", "no")])
+def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, recipe, precision):
     out = tmp_path / "run"
     args = train_args(digits_parquet, out, "train.max_steps=60", "model.gumbel_tau_steps=60",
-                      "model.gumbel_kl_warmup_steps=20")
+                      "model.gumbel_kl_warmup_steps=20", f"train.mixed_precision={precision}")
     args[3] = f"configs/tokenizer/{recipe}"
     run_module(args)
     rows = read_metrics(out)
@@ -45,7 +46,17 @@ def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, re
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
     model = ImageTokenizer.from_pretrained(out / "final")
     assert model.config.image_size == 8 and model.grid_size == (4, 4)
-    assert json.loads((out / "final" / "eval_metrics.json").read_text())["step"] == 60
+    final_metrics = json.loads((out / "final" / "eval_metrics.json").read_text())
+    assert final_metrics["step"] == 60
+    assert json.loads((out / "run_info.json").read_text())["mixed_precision"] == precision
+    # the evaluation command reproduces the final validation figures on the same split
+    report = evaluate_main([str(out / "final"), "--dataset", str(digits_parquet), "--split", "test",
+                            "--output", str(tmp_path / "report.json")])
+    assert report["num_images"] == 297
+    assert json.loads((tmp_path / "report.json").read_text())["psnr"] == report["psnr"]
+    if precision == "no":
+        assert report["psnr"] == pytest.approx(final_metrics["psnr"], abs=1e-3)
+        assert report["codebook_usage"] == final_metrics["codebook_usage"]
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(digits_parquet, tmp_path):
@@ -107,3 +118,12 @@ def test_mislaunch_fails_loudly(digits_parquet, tmp_path):
 def test_unknown_override_is_an_error(digits_parquet, tmp_path):
     result = run_module(train_args(digits_parquet, tmp_path / "x", "train.learnign_rate=1"), check=False)
     assert result.returncode != 0 and "train.learnign_rate" in result.stderr
+
+
+def test_bad_data_settings_are_a_clear_error(digits_parquet, tmp_path):
+    result = run_module(train_args(digits_parquet, tmp_path / "x", "data.image_size=9"), check=False)
+    assert result.returncode != 0
+    assert "error: data.image_size=9 is not divisible" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_module(train_args(tmp_path / "nowhere", tmp_path / "x"), check=False)
+    assert result.returncode != 0 and "nowhere" in result.stderr and "Traceback" not in result.stderr

@@ -104,8 +104,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
+    except (TypeError, ValueError) as err:  # missing fields, or a dataclass's own checks
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
 
 
 def to_dict(obj) -> dict:

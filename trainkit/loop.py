@@ -10,10 +10,12 @@ the final model in `output_dir/final` and optional hub pushes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .config import ConfigError, load_config, to_dict
+from .hub import CheckpointError, push_folder_to_hub
 from .images import save_grid
 
 logger = logging.getLogger(__name__)
@@ -138,8 +142,6 @@ class MetricsWriter:
 
 
 def _push_model(task: TrainTask, model: torch.nn.Module, hub: HubConfig, message: str, output_dir: Path) -> None:
-    from .hub import push_folder_to_hub
-
     with tempfile.TemporaryDirectory(dir=output_dir) as staging:
         task.save_final(model, Path(staging))
         url = push_folder_to_hub(staging, hub.repo_id, private=hub.private, commit_message=message)
@@ -153,7 +155,6 @@ def run_training(
     resume: str | None = None,
     hub: HubConfig | None = None,
     run_config: dict | None = None,
-    on_start: Callable[[Accelerator], None] | None = None,
 ) -> dict[str, float]:
     """Train `task.model` as `loop` says; returns the last validation metrics."""
     output_dir = Path(output_dir)
@@ -177,8 +178,6 @@ def run_training(
                 "device": str(accelerator.device), "torch_threads": torch.get_num_threads()}
         (output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     accelerator.wait_for_everyone()
-    if on_start is not None:
-        on_start(accelerator)
 
     model = task.model
     optimizer = torch.optim.AdamW(
@@ -203,11 +202,16 @@ def run_training(
     checkpoints = output_dir / "checkpoints"
     resume_from = ckpt.find_checkpoint(output_dir, resume) if resume else None
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        try:
+            accelerator.load_state(str(resume_from))
+        except Exception as err:  # truncated files, or a checkpoint of another model
+            raise CheckpointError(
+                f"cannot resume from {resume_from}: {type(err).__name__}: {err}. The checkpoint is damaged or "
+                "was written by a run with a different model or optimizer; resume from another "
+                "checkpoints/step-* directory or start a new output_dir"
+            ) from err
         state = ckpt.TrainerState.load(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
-    elif resume and resume != "latest":
-        raise FileNotFoundError(f"no checkpoint at {resume}")
     accelerator.init_trackers("tensorboard")
     metrics = MetricsWriter(accelerator, output_dir, state.step if resume_from else None)
 
@@ -322,3 +326,29 @@ def run_training(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return last_eval
+
+
+def train_from_command_line(config_cls: type, build_task: Callable[[Any], TrainTask], prog: str,
+                            description: str, argv: list[str] | None = None) -> dict[str, float]:
+    """The body of every `<stage>.train` command.
+
+    `--config YAML` plus `key=value` overrides -> a typed `config_cls` (with `train`, `hub`,
+    `output_dir` and `resume` fields); seeds, builds the task (bad settings end the command with
+    a one-line error, not a traceback) and runs the loop.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description=f"{description} Extra arguments are key=value overrides of the YAML "
+        "(dotted keys, e.g. train.lr=3e-4 train.max_minutes=30).")
+    parser.add_argument("--config", help="a YAML recipe from configs/")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    set_seed(cfg.train.seed)  # the model's initial weights depend on it
+    try:
+        task = build_task(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"{prog}: error: {err}")
+    return run_training(task, cfg.train, cfg.output_dir, resume=cfg.resume, hub=cfg.hub, run_config=to_dict(cfg))

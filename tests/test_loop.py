@@ -1,0 +1,117 @@
+"""The shared training loop on a toy regression task, in process."""
+
+import json
+import math
+import time
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from trainkit import checkpoint as ckpt
+from trainkit.hub import save_state_dict
+from trainkit.loop import LoopConfig, TrainingDiverged, TrainTask, lr_factor, run_training
+
+
+class Regression(TrainTask):
+    """y = x @ w; optional NaN from `nan_at` on, optional sleep per step."""
+
+    def __init__(self, nan_at=None, sleep=0.0):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 4, generator=g)
+        self.train_dataset = TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        self.val_dataset = TensorDataset(x[:64], self.train_dataset.tensors[1][:64])
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+        self.nan_at, self.sleep = nan_at, sleep
+
+    def training_step(self, model, batch, step):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+        if self.nan_at is not None and step >= self.nan_at:
+            loss = loss * float("nan")
+        time.sleep(self.sleep)
+        return loss, {}
+
+    def evaluate(self, model, loader, accelerator, step):
+        losses = [torch.nn.functional.mse_loss(model(x).squeeze(1), y).item() for x, y in loader]
+        return {"mse": sum(losses) / len(losses)}, None
+
+    def save_final(self, model, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        save_state_dict(model.state_dict(), directory / "model.safetensors")
+
+
+def loop(**kw):
+    base = dict(batch_size=16, lr=0.3, warmup_steps=2, max_steps=40, log_every=5, eval_every=20,
+                checkpoint_every=10, progress_bar=False, mixed_precision="no")
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def test_loss_falls_and_outputs_are_written(tmp_path):
+    metrics = run_training(Regression(), loop(), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < 0.1 * losses[0]
+    assert metrics["mse"] < 0.1 * losses[0]
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000040"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        run_training(Regression(nan_at=13), loop(), tmp_path)
+    assert ckpt.find_checkpoint(tmp_path, "latest").name == "step-0000010"
+    assert not (tmp_path / "final").exists()
+
+
+def test_wall_clock_budget_stops_the_run_and_anneals_lr(tmp_path):
+    start = time.monotonic()
+    run_training(Regression(sleep=0.05), loop(max_steps=100_000, max_minutes=1.5 / 60, checkpoint_every=1000),
+                 tmp_path)
+    assert time.monotonic() - start < 30
+    state = ckpt.TrainerState.load(ckpt.find_checkpoint(tmp_path, "latest"))
+    assert 5 < state.step < 100 and state.elapsed_seconds >= 1.5
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["train/lr"] for r in rows if "train/lr" in r]
+    assert lrs[-1] < 0.5 * max(lrs)  # the cosine follows the time budget, not the step budget
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    run_training(Regression(), loop(grad_accum_steps=4, max_steps=6, checkpoint_every=1000), tmp_path)
+    state = ckpt.TrainerState.load(ckpt.find_checkpoint(tmp_path, "latest"))
+    assert state.step == 6 and state.samples_seen == 6 * 4 * 16
+
+
+def test_lr_schedule():
+    cfg = LoopConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0.0, 0, cfg) == pytest.approx(0.1)
+    assert lr_factor(0.0, 9, cfg) == pytest.approx(1.0)
+    assert lr_factor(0.5, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(1.0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(0.25, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_incomplete_checkpoints_are_never_resumed(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    good = ckpt.step_dir(checkpoints, 10)
+    good.mkdir(parents=True)
+    ckpt.TrainerState(step=10).save(good)
+    ckpt.step_dir(checkpoints, 20).mkdir()            # a directory without its trainer state
+    ckpt.temp_dir(checkpoints, 30).mkdir()            # a save killed half way
+    (checkpoints / "latest").write_text("step-0000020\n")
+    assert ckpt.find_checkpoint(tmp_path, "latest") == good
+    assert ckpt.find_checkpoint(tmp_path / "elsewhere", "latest") is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        ckpt.find_checkpoint(tmp_path, str(ckpt.step_dir(checkpoints, 20)))
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    from trainkit.hub import CheckpointError
+
+    run_training(Regression(), loop(max_steps=20), tmp_path)
+    weights = ckpt.step_dir(tmp_path / "checkpoints", 20) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="cannot resume from .*step-0000020"):
+        run_training(Regression(), loop(max_steps=40), tmp_path, resume="latest")
