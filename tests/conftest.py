@@ -60,3 +60,24 @@ def run_module(args: list[str], env: dict[str, str | None] | None = None, timeou
     if check:
         assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
+
+
+TINY_PRIOR = [
+    "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "train.batch_size=32",
+    "train.warmup_steps=5", "train.lr=3e-3", "train.log_every=5", "train.eval_every=20",
+    "train.checkpoint_every=20", "train.progress_bar=false", "train.max_minutes=null",
+    "train.mixed_precision=no", "train.num_threads=1", "data.val_split=auto", "preview_per_class=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A small (untrained) VQ tokenizer for 8x8 grayscale images: a 4x4 grid over 32 codes."""
+    import torch
+
+    from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
+
+    torch.manual_seed(0)
+    cfg = ImageTokenizerConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=[1, 2],
+                               num_downsamples=1, latent_channels=8, codebook_size=32, vq_kmeans_init=False)
+    return ImageTokenizer(cfg).save_pretrained(tmp_path_factory.mktemp("tokenizer"))

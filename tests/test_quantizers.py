@@ -32,7 +32,7 @@ def test_nearest_code_is_the_brute_force_argmin(l2, code_dim):
     z = torch.randn(3, 8, 5, 5)
     out = q(z)
     flat = q._lookup_space(z)
-    cb = q._codebook()
+    cb = q._codebook().detach()
     brute = torch.tensor([min(range(16), key=lambda k: float(((v - cb[k]) ** 2).sum())) for v in flat.detach()])
     assert torch.equal(out.codes.flatten(), brute)
     assert torch.equal(q.codes(z), out.codes)

@@ -741,3 +741,10 @@ def load_splits(cfg: DataConfig, downsample_factor: int = 1) -> DataSplits:
 def load_split(cfg: DataConfig, split: str, downsample_factor: int = 1) -> ImageDataset:
     """One split: "train" (after any holdout), "val" (the validation part), or any split of the source (e.g. "test")."""
     return _Loader(cfg, downsample_factor).dataset(split)[0]
+
+
+def splits_fingerprint(cfg: DataConfig, downsample_factor: int = 1) -> tuple[str, tuple[int, int]]:
+    """`load_splits(cfg, downsample_factor).source` and the image size, without decoding any image."""
+    loader = _Loader(cfg, downsample_factor)
+    descs = [_split_rows(cfg, loader.source, loader.plan, split)[2] for split in ("train", "val")]
+    return loader.fingerprint(f"train={descs[0]}", f"val={descs[1]}"), loader.transform.size

@@ -1,0 +1,147 @@
+"""`ImagePrior`: a `transformers` causal LM over token grids, plus its token layout.
+
+The language model is a real `LlamaForCausalLM` (RoPE positions) or `GPT2LMHeadModel`
+(learned absolute positions) built from `PriorConfig`, so a saved prior directory loads with
+`AutoModelForCausalLM.from_pretrained` and works with `generate` like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from safetensors import SafetensorError
+
+from trainkit.hub import CheckpointError, push_folder_to_hub, resolve_pretrained_dir
+
+from .layout import TokenLayout
+
+
+@dataclass
+class PriorConfig:
+    """Architecture of the prior's transformer (the `model:` section of a prior recipe)."""
+
+    arch: Literal["llama", "gpt2"] = "llama"   # llama: RoPE positions; gpt2: learned absolute positions
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    intermediate_size: int | None = None       # None: 4x hidden (gpt2), ~8/3x hidden rounded to 64 (llama)
+    dropout: float = 0.0
+    class_dropout_prob: float = 0.1            # conditional training: class -> null token, for guidance
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not 0 <= self.class_dropout_prob < 1:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+
+def build_causal_lm(config: PriorConfig, layout: TokenLayout):
+    """A freshly initialised `transformers` causal LM sized for `layout`."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    # Sequences never end early and are never padded: EOS is BOS and there is no pad id.
+    common = dict(vocab_size=layout.vocab_size, bos_token_id=layout.bos_id, eos_token_id=layout.bos_id,
+                  pad_token_id=None, tie_word_embeddings=config.tie_word_embeddings)
+    if config.arch == "llama":
+        inner = config.intermediate_size or 64 * math.ceil(config.hidden_size * 8 / 3 / 64)
+        hf = LlamaConfig(hidden_size=config.hidden_size, intermediate_size=inner,
+                         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                         num_key_value_heads=config.num_heads, max_position_embeddings=layout.seq_len,
+                         attention_dropout=config.dropout, **common)
+        return LlamaForCausalLM(hf)
+    hf = GPT2Config(n_embd=config.hidden_size, n_layer=config.num_layers, n_head=config.num_heads,
+                    n_inner=config.intermediate_size, n_positions=layout.seq_len, resid_pdrop=config.dropout,
+                    embd_pdrop=config.dropout, attn_pdrop=config.dropout, **common)
+    return GPT2LMHeadModel(hf)
+
+
+class ImagePrior(nn.Module):
+    """Causal LM + `TokenLayout`. `forward(codes, labels)` gives the NLL of the image tokens."""
+
+    def __init__(self, lm: nn.Module, layout: TokenLayout):
+        super().__init__()
+        self.lm = lm
+        self.layout = layout
+        if lm.config.vocab_size != layout.vocab_size:
+            raise ValueError(
+                f"the language model has {lm.config.vocab_size} ids but the token layout needs {layout.vocab_size}"
+            )
+
+    @classmethod
+    def from_config(cls, config: PriorConfig, layout: TokenLayout) -> "ImagePrior":
+        return cls(build_causal_lm(config, layout), layout)
+
+    def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None, drop_class_prob: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Token ids `[B, 1 + h*w]`; with `drop_class_prob`, classes are replaced by the null token."""
+        layout = self.layout
+        if layout.conditional:
+            if labels is None:
+                raise ValueError("a class-conditional prior needs class labels for training")
+            conditions = layout.class_id(labels).to(codes.device)
+            if drop_class_prob > 0:
+                drop = torch.rand(conditions.shape, generator=generator, device=codes.device) < drop_class_prob
+                conditions = torch.where(drop, torch.full_like(conditions, layout.null_id), conditions)
+        else:
+            conditions = layout.condition_ids(None, codes.shape[0]).to(codes.device)
+        return layout.to_sequences(codes, conditions)
+
+    def image_nll(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0
+                  ) -> torch.Tensor:
+        """NLL per image `[B]`, in nats per image token, given the condition (which is never a target)."""
+        if codes.ndim != 3 or int(codes.min()) < 0 or int(codes.max()) >= self.layout.codebook_size:
+            raise ValueError(f"codes must be [B, h, w] ids in [0, {self.layout.codebook_size})")
+        ids = self.sequences(codes, labels, drop_class_prob)
+        logits = self.lm(input_ids=ids[:, :-1]).logits            # position t predicts token t + 1
+        nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+        return nll.mean(1)
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0
+                ) -> torch.Tensor:
+        """Mean NLL (nats per image token) of a batch: the training loss."""
+        return self.image_nll(codes, labels, drop_class_prob).mean()
+
+    # ---------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """`config.json` + `model.safetensors` (transformers format) + `token_layout.json`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(directory, safe_serialization=True)
+        self.layout.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                        cache_dir: str | None = None, map_location: str | torch.device = "cpu") -> "ImagePrior":
+        from transformers import AutoModelForCausalLM
+
+        directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+        layout = TokenLayout.load(directory)
+        try:
+            lm, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
+        except (OSError, ValueError, SafetensorError) as err:
+            raise CheckpointError(
+                f"cannot load the prior's language model from {str(directory)!r} ({err}); its config.json or "
+                "model.safetensors is missing, truncated or corrupted: re-save or re-download it"
+            ) from None
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            raise CheckpointError(f"weights in {str(directory)!r} do not match the model's config: {problems}")
+        return cls(lm, layout).to(map_location).eval()
+
+    def push_to_hub(self, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_folder_to_hub(tmp, repo_id, private=private,
+                                      commit_message=commit_message or "Upload ImagePrior")

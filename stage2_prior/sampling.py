@@ -1,0 +1,158 @@
+"""Sampling token grids from an `ImagePrior`: KV cache, temperature / top-k / top-p,
+classifier-free guidance. One sampler serves training previews, the pipeline and benchmarks.
+
+Randomness is drawn per image from a seed, with the Gumbel-max trick (`argmax(logits / T + g)`
+is an exact sample of `softmax(logits / T)`), so an image depends on its seed and index only,
+not on the batch it was sampled in, and cached and uncached sampling see the same noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import ImagePrior
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus of softmax(logits / T).
+
+    The most likely token always survives.
+    """
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits / max(temperature, 1e-8), dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs       # mass strictly before each token
+        drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None) -> torch.Tensor:
+    """Greedy at temperature 0, else Gumbel-max with the given uniform noise `[B, V]`."""
+    if temperature <= 0 or uniform is None:
+        return logits.argmax(-1)
+    eps = torch.finfo(uniform.dtype).eps
+    gumbel = -torch.log(-torch.log(uniform.clamp(eps, 1 - eps)))
+    return (logits / temperature + gumbel).argmax(-1)
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """Put `module` in eval mode for the block, then restore its training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _image_seeds(num_images: int, seed: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """One seed per image: from `seed`, else from `generator`, else from torch's global generator."""
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    return torch.randint(0, 2**62, (num_images,), generator=generator)
+
+
+def _check_inputs(prior: ImagePrior, class_labels, guidance_scale: float, num_images: int) -> torch.Tensor | None:
+    layout = prior.layout
+    if isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0:
+        class_labels = int(class_labels)
+    if class_labels is None:
+        if guidance_scale != 1.0:
+            raise ValueError("guidance needs class_labels and a class-conditional prior (it mixes class and "
+                             "null-class predictions); use guidance_scale=1")
+        return None
+    if not layout.conditional:
+        raise ValueError("this prior is unconditional: it takes no class labels (pass class_labels=None)")
+    if isinstance(class_labels, (int, str)):
+        class_labels = [class_labels] * num_images
+    labels = torch.tensor([layout.class_index(c) for c in class_labels], dtype=torch.long)
+    if len(labels) != num_images:
+        raise ValueError(f"{len(labels)} class labels for {num_images} images: give one per image (or one for all)")
+    layout.class_id(labels)  # range check with a clear message
+    return labels
+
+
+@torch.no_grad()
+def sample_codes(
+    prior: ImagePrior,
+    num_images: int,
+    class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample `num_images` code grids `LongTensor[N, h, w]`.
+
+    `class_labels`: one per image (ids or names), one for all, or None (unconditional; a
+    class-conditional prior then samples from its null class). `guidance_scale` s mixes the
+    conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
+    both rows run in one doubled batch. Only image-code ids are ever emitted.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive (or None for one batch), got {batch_size}")
+    layout, lm = prior.layout, prior.lm
+    labels = _check_inputs(prior, class_labels, guidance_scale, num_images)
+    guided = labels is not None and guidance_scale != 1.0
+    seeds = _image_seeds(num_images, seed, generator)
+    device = next(lm.parameters()).device
+    K, T = layout.codebook_size, layout.num_image_tokens
+    batch_size = batch_size or num_images
+    out = torch.empty(num_images, T, dtype=torch.long)
+    bar = tqdm(total=num_images * T, disable=not progress, desc="sampling", unit="tok")
+    with _eval_mode(lm):                               # no dropout while sampling (e.g. training previews)
+        for start in range(0, num_images, batch_size):
+            stop = min(start + batch_size, num_images)
+            B = stop - start
+            noise = None
+            if temperature > 0:
+                noise = torch.stack([torch.rand(T, K, generator=torch.Generator().manual_seed(int(s)))
+                                     for s in seeds[start:stop]]).to(device)          # [B, T, K]
+            if labels is None:
+                cond = layout.condition_ids(None, B)
+            else:
+                cond = layout.class_id(labels[start:stop])
+            if guided:
+                cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
+            ids = cond[:, None].to(device)
+            past = None
+            codes = torch.empty(B, T, dtype=torch.long, device=device)
+            for t in range(T):
+                if use_cache:
+                    result = lm(input_ids=ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
+                    past = result.past_key_values
+                else:
+                    result = lm(input_ids=ids, use_cache=False)
+                logits = result.logits[:, -1, :K].float()                         # image codes only
+                if guided:
+                    c, u = logits.chunk(2)
+                    logits = u + guidance_scale * (c - u)
+                logits = filter_logits(logits, top_k, top_p, temperature)
+                nxt = pick_tokens(logits, temperature, None if noise is None else noise[:, t])
+                codes[:, t] = nxt
+                ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
+                bar.update(B)
+            out[start:stop] = codes.cpu()
+    bar.close()
+    return out.reshape(num_images, *layout.grid)

@@ -1,0 +1,113 @@
+"""Train a prior over a tokenizer's code grids.
+
+    accelerate launch -m stage2_prior.train --config configs/prior/fashion_mnist.yaml \\
+        tokenizer=runs/tokenizer_vq/final output_dir=runs/prior key=value ...
+
+The dataset is encoded once with the tokenizer and cached (`stage2_prior.tokens`); the model,
+loss and evaluation are handed to the shared loop (`trainkit.loop`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from stage1_tokenizer import ImageTokenizer
+from trainkit.data import DataConfig
+from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
+
+from .layout import TokenLayout
+from .model import ImagePrior, PriorConfig
+from .sampling import sample_codes
+from .tokens import build_token_splits
+
+
+@dataclass
+class PriorTrainConfig:
+    """A prior training run. `data.channels` / `data.image_size` follow the tokenizer unless set."""
+
+    tokenizer: str | None = None             # a saved tokenizer directory or hub repo id (required)
+    tokenizer_revision: str | None = None
+    output_dir: str = "runs/prior"
+    resume: str | None = None                # "latest" or a checkpoint directory
+    conditional: bool = True                 # class-conditional (needs labels) or unconditional
+    token_cache_dir: str = "runs/token_cache"
+    model: PriorConfig = field(default_factory=PriorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    preview_per_class: int = 8               # preview grid: this many samples for each of up to 10 classes
+    preview_guidance_scale: float = 2.0
+
+
+class PriorTask(TrainTask):
+    def __init__(self, cfg: PriorTrainConfig):
+        if not cfg.tokenizer:
+            raise ValueError("set tokenizer=PATH_OR_REPO_ID: the prior is trained on a tokenizer's codes")
+        self.config = cfg
+        self.tokenizer = ImageTokenizer.from_pretrained(cfg.tokenizer, revision=cfg.tokenizer_revision)
+        data = dataclasses.replace(cfg.data, channels=self.tokenizer.config.in_channels,
+                                   image_size=cfg.data.image_size or self.tokenizer.config.image_size)
+        if cfg.data.channels != data.channels:
+            raise ValueError(f"data.channels={cfg.data.channels} but the tokenizer takes "
+                             f"{data.channels}-channel images")
+        tokens = build_token_splits(self.tokenizer, data, cfg.token_cache_dir)
+        if cfg.conditional and not tokens.num_classes:
+            raise ValueError(f"the data {data.dataset!r} has no class labels: set conditional=false "
+                             "for an unconditional prior, or data.label_column")
+        num_classes = tokens.num_classes if cfg.conditional else 0
+        self.layout = TokenLayout(tokens.codebook_size, tokens.grid, num_classes,
+                                  tokens.class_names if cfg.conditional else None)
+        self.model = ImagePrior.from_config(cfg.model, self.layout)
+        self.train_dataset = tokens.train
+        self.val_dataset = tokens.val
+
+    def training_step(self, model, batch, step):
+        codes, labels = batch
+        loss = model(codes, labels if self.layout.conditional else None,
+                     drop_class_prob=self.config.model.class_dropout_prob)
+        return loss, {"bits_per_token": float(loss.detach()) / math.log(2)}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):
+        prior = accelerator.unwrap_model(model)
+        total, count = 0.0, 0
+        for codes, labels in loader:
+            with accelerator.autocast():
+                nll = prior.image_nll(codes, labels if self.layout.conditional else None)
+            nll = accelerator.gather_for_metrics(nll.float())
+            total += float(nll.sum())
+            count += nll.numel()
+        bits = total / max(count, 1) / math.log(2)
+        uniform = math.log2(self.layout.codebook_size)
+        metrics = {"bits_per_token": bits, "uniform_bits_per_token": uniform, "fraction_of_uniform": bits / uniform,
+                   "num_images": float(count)}
+        return metrics, self.preview(prior, accelerator)
+
+    def preview(self, prior: ImagePrior, accelerator: Accelerator) -> torch.Tensor:
+        """Decoded samples: one row per class (guided), or 64 unconditional samples."""
+        n = self.config.preview_per_class
+        if self.layout.conditional:
+            classes = min(self.layout.num_classes, 10)
+            labels = [c for c in range(classes) for _ in range(n)]
+            kwargs = dict(class_labels=labels, guidance_scale=self.config.preview_guidance_scale)
+        else:
+            labels, kwargs = [None] * 64, {}
+        with accelerator.autocast():
+            codes = sample_codes(prior, len(labels), seed=0, **kwargs)
+            self.tokenizer.to(accelerator.device)
+            return self.tokenizer.decode(codes.to(accelerator.device)).float()
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    return train_from_command_line(PriorTrainConfig, PriorTask, prog="stage2_prior.train",
+                                   description="Train a GPT-style prior over a tokenizer's code grids; set tokenizer=PATH_OR_REPO_ID.", argv=argv)
+
+
+if __name__ == "__main__":
+    main()

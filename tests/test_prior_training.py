@@ -1,0 +1,68 @@
+"""The prior trains through the shared loop on a tokenizer's cached codes."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import TINY_PRIOR, run_module
+from stage2_prior import ImagePrior
+
+
+def prior_args(data: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "stage2_prior.train", "--config", "configs/prior/fashion_mnist.yaml", f"data.dataset={data}",
+            f"tokenizer={tokenizer}", f"output_dir={out}", f"token_cache_dir={out.parent / 'tokens'}",
+            *TINY_PRIOR, *extra]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_conditional_run_nll_falls(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "prior"
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=60"))
+    evals = [r for r in read_metrics(out) if "val/bits_per_token" in r]
+    assert [r["step"] for r in evals] == [20, 40, 60]
+    assert evals[-1]["val/bits_per_token"] < evals[0]["val/bits_per_token"]
+    assert evals[-1]["val/bits_per_token"] < 0.9 * evals[-1]["val/uniform_bits_per_token"]
+    assert evals[-1]["val/num_images"] == 297
+    assert (out / "samples" / "step-0000060.png").is_file()
+    prior = ImagePrior.from_pretrained(out / "final")
+    assert prior.layout.num_classes == 10 and prior.layout.grid == (4, 4) and prior.layout.codebook_size == 32
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert type(lm).__name__ == "LlamaForCausalLM"
+    ids = torch.tensor([[prior.layout.class_id(torch.tensor([3])).item(), 1, 2, 3]])
+    torch.testing.assert_close(lm(input_ids=ids).logits, prior.lm(input_ids=ids).logits)
+
+
+def test_unconditional_gpt2_prior(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "prior"
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=20", "conditional=false",
+                          "model.arch=gpt2"))
+    prior = ImagePrior.from_pretrained(out / "final")
+    assert not prior.layout.conditional and type(prior.lm).__name__ == "GPT2LMHeadModel"
+
+
+def test_two_process_prior_training(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "prior"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(31500 + os.getpid() % 1000), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=20", "train.batch_size=16"),
+               env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher)
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    evals = [r for r in read_metrics(out) if "val/bits_per_token" in r]
+    assert evals[-1]["val/num_images"] == 297
+
+
+def test_bad_prior_settings(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    result = run_module(prior_args(digits_parquet, tmp_path / "no_tokenizer", tmp_path / "p"), check=False)
+    assert result.returncode != 0 and "no_tokenizer" in result.stderr and "Traceback" not in result.stderr
+    result = run_module(prior_args(digits_parquet, tiny_tokenizer_dir, tmp_path / "p", "model.num_heads=3"),
+                        check=False)
+    assert result.returncode != 0 and "not divisible by num_heads" in result.stderr

@@ -1,0 +1,346 @@
+"""Stage 2: the token layout, the prior's loss, and `sample_codes` (cache, seeds, filters, guidance)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stage2_prior.layout import TokenLayout
+from stage2_prior.model import ImagePrior, PriorConfig
+from stage2_prior.sampling import filter_logits, sample_codes
+from trainkit.hub import CheckpointError
+
+K = 16
+NAMES = ("zero", "one", "two", "three")
+LAYOUT = TokenLayout(codebook_size=K, grid=(3, 3), num_classes=4, class_names=NAMES)
+UNCOND = TokenLayout(codebook_size=K, grid=(3, 3))
+T = LAYOUT.num_image_tokens
+
+
+def make_prior(arch: str = "llama", layout: TokenLayout = LAYOUT, sharpen: float = 30.0, **config) -> ImagePrior:
+    """A tiny random prior; its lm_head is scaled up so next-token distributions are far from uniform."""
+    torch.manual_seed(0)
+    prior = ImagePrior.from_config(PriorConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2, **config),
+                                   layout)
+    with torch.no_grad():
+        prior.lm.get_output_embeddings().weight.mul_(sharpen)
+    return prior.eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def prior(request) -> ImagePrior:
+    return make_prior(request.param)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def uncond_prior(request) -> ImagePrior:
+    return make_prior(request.param, layout=UNCOND)
+
+
+def code_logits(prior: ImagePrior, ids: torch.Tensor) -> torch.Tensor:
+    """Uncached forward: the image-code logits `[B, L, K]` after every position of `ids`."""
+    with torch.no_grad():
+        return prior.lm(input_ids=ids).logits[..., :prior.layout.codebook_size].float()
+
+
+def teacher_forced_logits(prior: ImagePrior, labels: torch.Tensor, codes: torch.Tensor, scale: float = 1.0):
+    """The (guided) code logits of every step `[B, h*w, K]` given the produced prefix `codes`."""
+    layout = prior.layout
+    cond = layout.to_sequences(codes, layout.class_id(labels))[:, :-1]
+    c = code_logits(prior, cond)
+    if scale == 1.0:
+        return c
+    null = layout.to_sequences(codes, torch.full_like(labels, layout.null_id))[:, :-1]
+    u = code_logits(prior, null)
+    return u + scale * (c - u)
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def test_layout_ids_do_not_overlap_and_round_trip(tmp_path):
+    layout = LAYOUT
+    class_ids = layout.class_id(torch.arange(4)).tolist()
+    assert class_ids == [16, 17, 18, 19]
+    assert (layout.null_id, layout.bos_id, layout.vocab_size) == (20, 21, 22)
+    ids = list(range(K)) + class_ids + [layout.null_id, layout.bos_id]
+    assert len(set(ids)) == len(ids) == layout.vocab_size
+
+    codes = torch.randint(0, K, (5, 3, 3), generator=torch.Generator().manual_seed(0))
+    conditions = layout.class_id(torch.tensor([0, 1, 2, 3, 0]))
+    seq = layout.to_sequences(codes, conditions)
+    assert seq.shape == (5, layout.seq_len) and torch.equal(seq[:, 0], conditions)
+    assert torch.equal(layout.to_codes(seq), codes) and torch.equal(layout.to_codes(seq[:, 1:]), codes)
+    bad = seq.clone()
+    bad[0, 3] = layout.null_id
+    with pytest.raises(ValueError, match="not image codes"):
+        layout.to_codes(bad)
+    with pytest.raises(ValueError, match="grid"):
+        layout.to_sequences(codes[:, :2], conditions)
+
+    layout.save(tmp_path)
+    loaded = TokenLayout.load(tmp_path)
+    assert loaded == layout and loaded.class_names == NAMES and loaded.vocab_size == layout.vocab_size
+    with pytest.raises(FileNotFoundError, match="token_layout.json"):
+        TokenLayout.load(tmp_path / "missing")
+
+
+def test_unconditional_layout(tmp_path):
+    layout = UNCOND
+    assert not layout.conditional and layout.null_id is None
+    assert (layout.bos_id, layout.vocab_size) == (K, K + 1)
+    assert layout.condition_ids(None, 3).tolist() == [K] * 3
+    with pytest.raises(ValueError, match="unconditional"):
+        layout.class_id(torch.tensor([0]))
+    layout.save(tmp_path)
+    assert TokenLayout.load(tmp_path) == layout
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def test_forward_loss_is_cross_entropy_over_image_tokens_only(prior):
+    layout = prior.layout
+    codes = torch.randint(0, K, (4, 3, 3), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        loss = prior(codes, labels)
+        seq = torch.cat([(labels + K)[:, None], codes.flatten(1)], dim=1)
+        logits = prior.lm(input_ids=seq).logits.float()                      # [B, 1 + h*w, V]
+    targets = seq[:, 1:]                                                      # the h*w codes, never the condition
+    nll = -logits[:, :-1].log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    assert nll.shape == (4, T)
+    assert torch.allclose(loss, nll.mean(), atol=1e-5)
+    assert torch.allclose(loss, F.cross_entropy(logits[:, :-1].reshape(-1, layout.vocab_size), targets.reshape(-1)),
+                          atol=1e-5)
+    with torch.no_grad():
+        other = prior(codes, (labels + 1) % 4)
+        dropped = prior(codes, labels, drop_class_prob=1.0)                   # every condition -> null
+        null_seq = layout.to_sequences(codes, torch.full_like(labels, layout.null_id))
+        null_nll = F.cross_entropy(prior.lm(input_ids=null_seq[:, :-1]).logits.reshape(-1, layout.vocab_size),
+                                   null_seq[:, 1:].reshape(-1))
+    assert not torch.allclose(other, loss, atol=1e-4)
+    assert torch.allclose(dropped, null_nll, atol=1e-5)
+
+
+def test_forward_loss_unconditional(uncond_prior):
+    codes = torch.randint(0, K, (3, 3, 3), generator=torch.Generator().manual_seed(2))
+    seq = torch.cat([torch.full((3, 1), UNCOND.bos_id), codes.flatten(1)], dim=1)
+    with torch.no_grad():
+        loss = uncond_prior(codes)
+        manual = F.cross_entropy(uncond_prior.lm(input_ids=seq).logits[:, :-1].reshape(-1, UNCOND.vocab_size),
+                                 seq[:, 1:].reshape(-1))
+    assert torch.allclose(loss, manual, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ cache, batches, seeds
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_cache_matches_no_cache(prior, temperature, guidance):
+    kw = dict(class_labels=[0, 1, 2, 3], guidance_scale=guidance, temperature=temperature, seed=7)
+    cached = sample_codes(prior, 4, use_cache=True, **kw)
+    assert cached.shape == (4, 3, 3)
+    assert torch.equal(cached, sample_codes(prior, 4, use_cache=False, **kw))
+
+
+def test_unconditional_cache_and_batches(uncond_prior):
+    ref = sample_codes(uncond_prior, 5, seed=4)
+    assert torch.equal(ref, sample_codes(uncond_prior, 5, seed=4, use_cache=False))
+    assert torch.equal(ref, sample_codes(uncond_prior, 5, seed=4, batch_size=2))
+
+
+def test_batch_size_invariance(prior):
+    kw = dict(class_labels=[3, 1, 0, 2, 1], guidance_scale=2.0, top_k=8, top_p=0.9, seed=3)
+    ref = sample_codes(prior, 5, **kw)
+    for batch_size in (2, 3):
+        assert torch.equal(ref, sample_codes(prior, 5, batch_size=batch_size, **kw))
+
+
+def test_seeds_and_generators(prior):
+    kw = dict(class_labels=1)
+    a = sample_codes(prior, 6, seed=5, **kw)
+    assert torch.equal(a, sample_codes(prior, 6, seed=5, **kw))
+    assert torch.equal(a, sample_codes(prior, 6, generator=torch.Generator().manual_seed(5), **kw))
+    assert not torch.equal(a, sample_codes(prior, 6, seed=6, **kw))
+    # a seeded call leaves torch's global generator alone; an unseeded one draws from it (so it is reproducible)
+    state = torch.get_rng_state()
+    sample_codes(prior, 2, seed=5, **kw)
+    assert torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(123)
+    b = sample_codes(prior, 6, **kw)
+    torch.manual_seed(123)
+    assert torch.equal(b, sample_codes(prior, 6, **kw))
+
+
+def test_sampling_uses_eval_mode_and_restores_training():
+    prior = make_prior("gpt2", dropout=0.5).train()
+    kw = dict(class_labels=[0, 1, 2], guidance_scale=2.0, seed=9)
+    a = sample_codes(prior, 3, **kw)
+    assert torch.equal(a, sample_codes(prior, 3, use_cache=False, **kw))
+    assert prior.lm.training
+
+
+# ------------------------------------------------------------------------------------------ filters, temperature
+
+
+def test_top_k_one_is_greedy(prior):
+    kw = dict(class_labels=[0, 1, 2, 3], guidance_scale=2.0)
+    greedy = sample_codes(prior, 4, temperature=0.0, **kw)
+    assert torch.equal(greedy, sample_codes(prior, 4, top_k=1, seed=1, **kw))
+    assert torch.equal(greedy, sample_codes(prior, 4, temperature=1e-4, seed=2, **kw))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_top_k_tokens_are_among_the_k_best(prior, guidance):
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+
+    def ranks(**kw):
+        codes = sample_codes(prior, 6, class_labels=labels, guidance_scale=guidance, seed=11, **kw)
+        logits = teacher_forced_logits(prior, labels, codes, guidance)          # [B, h*w, K]
+        chosen = logits.gather(-1, codes.flatten(1)[..., None])
+        return (logits > chosen).sum(-1)                                        # 0 = the most likely code
+
+    assert (ranks(top_k=3) < 3).all()
+    assert (ranks() >= 3).any()                                                 # without top-k they do occur
+
+
+def test_filter_logits_top_p_keeps_the_minimal_nucleus():
+    probs = torch.tensor([[0.15, 0.50, 0.10, 0.25],
+                          [0.10, 0.25, 0.15, 0.50]])
+    logits = probs.log()
+
+    def kept(**kw):
+        out = filter_logits(logits, **kw)
+        assert torch.equal(out[out.isfinite()], logits[out.isfinite()])          # survivors are unchanged
+        return [sorted(row.isfinite().nonzero().flatten().tolist()) for row in out]
+
+    assert kept(top_p=1e-6) == [[1], [3]]                                       # the top token always survives
+    assert kept(top_p=0.4) == [[1], [3]]
+    assert kept(top_p=0.6) == [[1, 3], [1, 3]]
+    assert kept(top_p=0.8) == [[0, 1, 3], [1, 2, 3]]
+    assert kept(top_p=0.95) == [[0, 1, 2, 3]] * 2
+    assert kept(top_p=1.0) == [[0, 1, 2, 3]] * 2
+    assert kept(top_p=0.8, temperature=0.5) == [[1, 3], [1, 3]]                 # nucleus of softmax(logits / T)
+    assert kept(top_k=2) == [[1, 3], [1, 3]]
+    assert kept(top_k=3, top_p=0.6) == [[1, 3], [1, 3]]
+
+
+def test_first_token_frequencies_match_softmax(prior):
+    n, label = 2000, 2
+    codes = sample_codes(prior, n, class_labels=label, temperature=1.0, seed=0)
+    expected = code_logits(prior, torch.tensor([[K + label]]))[0, 0].softmax(-1)
+    assert expected.max() > 0.2                                                 # far from uniform
+    observed = torch.bincount(codes[:, 0, 0], minlength=K).float() / n
+    assert (observed - expected).abs().max() < 0.03
+
+
+# ------------------------------------------------------------------------------------------ guidance
+
+
+def test_guidance_scale_one_is_plain_conditional_and_three_differs(prior):
+    kw = dict(class_labels=[0, 1, 2, 3, 0, 1, 2, 3], seed=21)
+    plain = sample_codes(prior, 8, **kw)
+    assert torch.equal(plain, sample_codes(prior, 8, guidance_scale=1.0, **kw))
+    assert not torch.equal(plain, sample_codes(prior, 8, guidance_scale=3.0, **kw))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_guided_greedy_matches_manual_mixing(prior, scale):
+    layout = prior.layout
+    labels = torch.tensor([0, 1, 2, 3])
+    cond = layout.class_id(labels)[:, None]
+    null = torch.full_like(cond, layout.null_id)
+    codes = torch.empty(4, 0, dtype=torch.long)
+    for _ in range(T):
+        c = code_logits(prior, torch.cat([cond, codes], 1))[:, -1]
+        u = code_logits(prior, torch.cat([null, codes], 1))[:, -1]
+        codes = torch.cat([codes, (u + scale * (c - u)).argmax(-1, keepdim=True)], 1)
+    sampled = sample_codes(prior, 4, class_labels=labels, guidance_scale=scale, temperature=0.0)
+    assert torch.equal(sampled.flatten(1), codes)
+
+
+def test_only_code_ids_are_emitted():
+    prior = make_prior("llama")
+    bias = torch.zeros(LAYOUT.vocab_size)
+    bias[K:] = 1e4                                                              # class, null and BOS ids dominate
+    prior.lm.get_output_embeddings().register_forward_hook(lambda module, args, out: out + bias)
+    assert (prior.lm(input_ids=torch.tensor([[K]])).logits.argmax(-1) >= K).all()
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9), dict(guidance_scale=3.0, top_k=4)):
+        codes = sample_codes(prior, 4, class_labels=[0, 1, 2, 3], seed=1, **kw)
+        assert 0 <= int(codes.min()) and int(codes.max()) < K
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def test_bad_inputs(prior, uncond_prior):
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        sample_codes(prior, 2, class_labels=[0, 4])
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        sample_codes(prior, 1, class_labels=-1)
+    with pytest.raises(ValueError, match="unconditional"):
+        sample_codes(uncond_prior, 2, class_labels=[0, 1])
+    with pytest.raises(ValueError, match="guidance needs class_labels"):
+        sample_codes(prior, 2, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="3 class labels for 4 images"):
+        sample_codes(prior, 4, class_labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="unknown class name 'zebra'"):
+        sample_codes(prior, 2, class_labels=["one", "zebra"])
+    with pytest.raises(ValueError, match="num_images"):
+        sample_codes(prior, 0, class_labels=0)
+    for bad in (dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(batch_size=-1)):
+        with pytest.raises(ValueError):
+            sample_codes(prior, 2, class_labels=0, **bad)
+
+
+def test_class_names_and_label_forms(prior):
+    by_name = sample_codes(prior, 3, class_labels=["zero", "two", "three"], seed=8)
+    assert torch.equal(by_name, sample_codes(prior, 3, class_labels=[0, 2, 3], seed=8))
+    assert torch.equal(by_name, sample_codes(prior, 3, class_labels=torch.tensor([0, 2, 3]), seed=8))
+    one = sample_codes(prior, 3, class_labels="two", seed=8)
+    assert torch.equal(one, sample_codes(prior, 3, class_labels=2, seed=8))
+    assert torch.equal(one, sample_codes(prior, 3, class_labels=torch.tensor(2), seed=8))
+    null = sample_codes(prior, 3, seed=8)                                       # conditional prior, no labels: null
+    assert null.shape == (3, 3, 3)
+
+
+# ------------------------------------------------------------------------------------------ persistence
+
+
+def test_saved_prior_works_with_transformers_generate(prior, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    prior.save_pretrained(tmp_path)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(lm) is type(prior.lm)
+    labels = torch.tensor([0, 1, 2, 3])
+    start = prior.layout.class_id(labels)[:, None]
+    out = lm.generate(start, attention_mask=torch.ones_like(start), do_sample=False, max_new_tokens=T,
+                      min_new_tokens=T, suppress_tokens=list(range(K, prior.layout.vocab_size)),
+                      pad_token_id=prior.layout.bos_id)
+    ours = sample_codes(prior, 4, class_labels=labels, temperature=0.0)
+    assert torch.equal(out[:, 1:], ours.flatten(1))
+
+    reloaded = ImagePrior.from_pretrained(tmp_path)
+    assert reloaded.layout == prior.layout
+    assert torch.equal(sample_codes(reloaded, 4, class_labels=labels, seed=3),
+                       sample_codes(prior, 4, class_labels=labels, seed=3))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_weights_give_a_clear_error(tmp_path, damage):
+    make_prior("llama").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="truncated or corrupted") as info:
+        ImagePrior.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_guidance_on_an_unconditional_prior_and_fractional_labels_are_errors(uncond_prior):
+    with pytest.raises(ValueError, match="guidance needs class_labels and a class-conditional prior"):
+        sample_codes(uncond_prior, 2, guidance_scale=2.0, seed=0)
+    with pytest.raises(ValueError, match="not an integer"):
+        sample_codes(make_prior(), 1, class_labels=[1.5], seed=0)
