@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
-from trainkit.data import DataConfig, ImageDataset, load_splits, splits_fingerprint
+from trainkit.data import DataConfig, ImageDataset, array2d_column, load_splits, splits_fingerprint
+from trainkit.loop import check_world_size
 
 CACHE_VERSION = 1
 META_NAME = "meta.json"
@@ -140,14 +141,6 @@ def _read_meta(directory: Path, key: str) -> dict | None:
 # ----------------------------------------------------------------------------- storage
 
 
-def _codes_column(codes: np.ndarray) -> pa.Array:
-    """`[N, h, w]` codes -> arrow storage of a `datasets.Array2D` column."""
-    n, h, w = codes.shape
-    values = pa.array(np.ascontiguousarray(codes).reshape(-1))
-    rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * h * w + 1, w, dtype=np.int32)), values)
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * h + 1, h, dtype=np.int32)), rows)
-
-
 @contextlib.contextmanager
 def _quiet_datasets():
     """Hide the `datasets` progress bars for the tiny cache writes and reads."""
@@ -165,7 +158,7 @@ def _to_hf_dataset(codes: np.ndarray, labels: np.ndarray, dtype: str) -> dataset
         "codes": datasets.Array2D(codes.shape[1:], dtype),
         "label": datasets.Value("int64"),
     })
-    table = pa.table({"codes": _codes_column(codes.astype(dtype)), "label": pa.array(labels.astype(np.int64))})
+    table = pa.table({"codes": array2d_column(codes.astype(dtype)), "label": pa.array(labels.astype(np.int64))})
     return datasets.Dataset(datasets.table.InMemoryTable(table.cast(features.arrow_schema)),
                             info=datasets.DatasetInfo(features=features))
 
@@ -230,12 +223,7 @@ def _process_state():
     from accelerate.utils import parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if state.num_processes != expected:
-        raise RuntimeError(
-            f"launched with WORLD_SIZE={expected} but accelerate runs {state.num_processes} process(es); on a "
-            "CPU-only machine launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`"
-        )
+    check_world_size(state)
     return state
 
 

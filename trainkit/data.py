@@ -112,8 +112,8 @@ def _idx_path(directory: Path, stem: str) -> Path:
     )
 
 
-def _uint8_array_column(images: np.ndarray) -> pa.Array:
-    """`[N, H, W]` uint8 numpy -> arrow storage of a `datasets.Array2D` column, without copying pixels."""
+def array2d_column(images: np.ndarray) -> pa.Array:
+    """`[N, H, W]` numpy -> arrow storage of a `datasets.Array2D` column, without copying values."""
     n, h, w = images.shape
     values = pa.array(np.ascontiguousarray(images).reshape(-1))
     rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * h * w + 1, w, dtype=np.int32)), values)
@@ -151,7 +151,7 @@ def _read_fashion_mnist(paths: tuple[tuple[str, Path, Path], ...], stats: str) -
             "image": datasets.Array2D(images.shape[1:], "uint8"),
             "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES),
         })
-        table = pa.table({"image": _uint8_array_column(images), "label": pa.array(labels.astype(np.int64))})
+        table = pa.table({"image": array2d_column(images), "label": pa.array(labels.astype(np.int64))})
         table = table.cast(features.arrow_schema)
         splits[split] = datasets.Dataset(
             datasets.table.InMemoryTable(table),

@@ -13,11 +13,9 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int = 1) -> Path:
-    """Save `[N, C, H, W]` images in [-1, 1] as one PNG grid (optionally upscaled, nearest)."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save `[N, C, H, W]` images in [-1, 1] as one PNG grid."""
     images = to_unit_range(images.detach().cpu())
-    if upscale > 1:
-        images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(images, nrow=nrow, padding=2, pad_value=1.0), path)

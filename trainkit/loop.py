@@ -111,8 +111,9 @@ def lr_factor(progress: float, step: int, cfg: LoopConfig) -> float:
     return warm * cosine
 
 
-def check_world_size(accelerator: Accelerator) -> None:
-    """Fail loudly when the launcher and accelerate disagree on the number of processes."""
+def check_world_size(accelerator: Accelerator | Any) -> None:
+    """Fail loudly when the launcher and accelerate (an `Accelerator` or a `PartialState`) disagree
+    on the number of processes."""
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
