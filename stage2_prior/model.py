@@ -35,6 +35,10 @@ class PriorConfig:
     dropout: float = 0.0
     class_dropout_prob: float = 0.1            # conditional training: class -> null token, for guidance
     tie_word_embeddings: bool = False
+    # Attention kernel while training. For these short sequences on a CPU, the plain ("eager")
+    # attention trains about 1.7x faster than "sdpa", whose backward dominated the step. Saved
+    # priors load with transformers' default.
+    attn_implementation: Literal["eager", "sdpa"] = "eager"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -49,7 +53,8 @@ def build_causal_lm(config: PriorConfig, layout: TokenLayout):
 
     # Sequences never end early and are never padded: EOS is BOS and there is no pad id.
     common = dict(vocab_size=layout.vocab_size, bos_token_id=layout.bos_id, eos_token_id=layout.bos_id,
-                  pad_token_id=None, tie_word_embeddings=config.tie_word_embeddings)
+                  pad_token_id=None, tie_word_embeddings=config.tie_word_embeddings,
+                  attn_implementation=config.attn_implementation)
     if config.arch == "llama":
         inner = config.intermediate_size or 64 * math.ceil(config.hidden_size * 8 / 3 / 64)
         hf = LlamaConfig(hidden_size=config.hidden_size, intermediate_size=inner,

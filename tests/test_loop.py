@@ -115,3 +115,41 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[:50])
     with pytest.raises(CheckpointError, match="cannot resume from .*step-0000020"):
         run_training(Regression(), loop(max_steps=40), tmp_path, resume="latest")
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_weight_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
+    import shutil
+
+    full = tmp_path / "full"
+    run_training(Regression(), loop(max_steps=20, ema_decay=0.9), full)
+    step20 = ckpt.step_dir(full / "checkpoints", 20)
+    final, live = _weights(full / "final" / "model.safetensors"), _weights(step20 / "model.safetensors")
+    averaged = _weights(step20 / "ema.safetensors")
+    assert averaged["n_averaged"].item() == 20
+    for name, value in final.items():
+        assert torch.equal(value, averaged[f"module.{name}"])   # the final model is the average ...
+    assert not torch.allclose(final["weight"], live["weight"])   # ... not the last weights
+
+    # Resume from step 10 in a fresh output dir: the average continues exactly.
+    part = tmp_path / "part"
+    shutil.copytree(ckpt.step_dir(full / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
+    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    run_training(Regression(), loop(max_steps=20, ema_decay=0.9), part, resume="latest")
+    for name, value in _weights(part / "final" / "model.safetensors").items():
+        assert torch.equal(value, final[name])
+
+
+def test_weight_ema_settings_are_checked(tmp_path):
+    from trainkit.hub import CheckpointError
+
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        loop(ema_decay=1.5)
+    run_training(Regression(), loop(max_steps=10), tmp_path)          # a run without the average
+    with pytest.raises(CheckpointError, match="ema.safetensors"):
+        run_training(Regression(), loop(max_steps=20, ema_decay=0.99), tmp_path, resume="latest")

@@ -66,3 +66,4 @@ def test_bad_prior_settings(digits_parquet, tiny_tokenizer_dir, tmp_path):
     result = run_module(prior_args(digits_parquet, tiny_tokenizer_dir, tmp_path / "p", "model.num_heads=3"),
                         check=False)
     assert result.returncode != 0 and "not divisible by num_heads" in result.stderr
+

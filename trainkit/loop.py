@@ -50,6 +50,8 @@ class LoopConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float | None = 1.0
+    ema_decay: float | None = None        # keep an exponential moving average of the weights (e.g. 0.999);
+                                          # evaluations and the final model then use the averaged weights
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None  # None: as `accelerate launch` says
     seed: int = 0
     num_threads: int | None = None        # torch intra-op threads per process (None: torch's default)
@@ -60,6 +62,10 @@ class LoopConfig:
     keep_checkpoints: int = 2
     progress_bar: bool = True
 
+    def __post_init__(self):
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in (0, 1), e.g. 0.999 (or null for none); got {self.ema_decay}")
+
 
 @dataclass
 class HubConfig:
@@ -68,6 +74,46 @@ class HubConfig:
     repo_id: str | None = None
     strategy: Literal["end", "every_save"] = "end"   # the final model, or every checkpoint too
     private: bool = False
+
+
+class WeightEMA:
+    """An exponential moving average of a model's parameters (`torch.optim.swa_utils.AveragedModel`).
+
+    Buffers are not averaged: they are copied from the live model whenever the average is used.
+    Every process updates its own copy (the parameters are identical across processes), and
+    checkpoints store it as `ema.safetensors`.
+    """
+
+    FILE = "ema.safetensors"
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.averaged.update_parameters(model)
+
+    def module(self, live: torch.nn.Module) -> torch.nn.Module:
+        """The averaged model, with the live model's current buffers."""
+        with torch.no_grad():
+            for mine, theirs in zip(self.averaged.module.buffers(), live.buffers()):
+                mine.copy_(theirs)
+        return self.averaged.module
+
+    def save(self, directory: Path) -> None:
+        from .hub import save_state_dict
+
+        save_state_dict(self.averaged.state_dict(), directory / self.FILE)
+
+    def load(self, directory: Path) -> None:
+        from .hub import load_state_dict_strict
+
+        path = directory / self.FILE
+        if not path.is_file():
+            raise CheckpointError(f"{directory} has no {self.FILE}: it was written by a run without train.ema_decay; "
+                                  "resume it with the same settings or start a new output_dir")
+        load_state_dict_strict(self.averaged, path)
 
 
 class TrainingDiverged(RuntimeError):
@@ -168,6 +214,12 @@ def run_training(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     check_world_size(accelerator)
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ValueError(
+            f"this training loop supports data-parallel runs (DDP: `accelerate launch --multi_gpu`, any number of "
+            f"processes and machines), not {accelerator.distributed_type.value}: its evaluations, samples and final "
+            "save read the full model on each process. Launch without the sharding plugin"
+        )
     if loop.num_threads:
         torch.set_num_threads(loop.num_threads)
     set_seed(loop.seed)
@@ -199,6 +251,7 @@ def run_training(
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
+    ema = WeightEMA(accelerator.unwrap_model(model), loop.ema_decay) if loop.ema_decay else None
     state = ckpt.TrainerState()
     checkpoints = output_dir / "checkpoints"
     resume_from = ckpt.find_checkpoint(output_dir, resume) if resume else None
@@ -212,6 +265,8 @@ def run_training(
                 "checkpoints/step-* directory or start a new output_dir"
             ) from err
         state = ckpt.TrainerState.load(resume_from)
+        if ema is not None:
+            ema.load(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     accelerator.init_trackers("tensorboard")
     metrics = MetricsWriter(accelerator, output_dir, state.step if resume_from else None)
@@ -222,15 +277,22 @@ def run_training(
         p = state.step / max(loop.max_steps, 1)
         return max(p, state.elapsed_seconds / budget_s) if budget_s else p
 
+    def trained_model() -> torch.nn.Module:
+        """The model to evaluate, save and push: the weight average when there is one."""
+        live = accelerator.unwrap_model(model)
+        return ema.module(live) if ema is not None else live
+
     def save_checkpoint() -> None:
         tmp = ckpt.temp_dir(checkpoints, state.step)
         accelerator.save_state(str(tmp), safe_serialization=True)
+        if ema is not None and accelerator.is_main_process:
+            ema.save(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             final = ckpt.finalize(checkpoints, state.step, state, loop.keep_checkpoints)
             accelerator.print(f"checkpoint {final}")
             if hub.repo_id and hub.strategy == "every_save":
-                _push_model(task, accelerator.unwrap_model(model), hub, f"step {state.step}", output_dir)
+                _push_model(task, trained_model(), hub, f"step {state.step}", output_dir)
         accelerator.wait_for_everyone()
 
     last_eval: dict[str, float] = {}
@@ -239,9 +301,10 @@ def run_training(
         nonlocal last_eval
         if val_loader is None:
             return
-        model.eval()
-        values, preview = task.evaluate(model, val_loader, accelerator, state.step)
-        model.train()
+        evaluated = model if ema is None else trained_model()
+        evaluated.eval()
+        values, preview = task.evaluate(evaluated, val_loader, accelerator, state.step)
+        evaluated.train()
         last_eval = values
         metrics.log({f"val/{k}": v for k, v in values.items()}, state.step)
         if accelerator.is_main_process:
@@ -284,6 +347,8 @@ def run_training(
             window_n += 1
             if not accelerator.sync_gradients:
                 continue
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
 
             state.step += 1
             now = time.monotonic()
@@ -319,11 +384,11 @@ def run_training(
     evaluate()
     if accelerator.is_main_process:
         final_dir = output_dir / "final"
-        task.save_final(accelerator.unwrap_model(model), final_dir)
+        task.save_final(trained_model(), final_dir)
         (final_dir / "eval_metrics.json").write_text(json.dumps({"step": state.step, **last_eval}, indent=2) + "\n")
         accelerator.print(f"final model saved to {final_dir}")
         if hub.repo_id:
-            _push_model(task, accelerator.unwrap_model(model), hub, f"final model (step {state.step})", output_dir)
+            _push_model(task, trained_model(), hub, f"final model (step {state.step})", output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return last_eval
