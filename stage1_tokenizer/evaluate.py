@@ -11,11 +11,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from trainkit.config import console_script
 from trainkit.data import DataConfig, load_split
 
 from .model import ImageTokenizer
@@ -24,13 +26,16 @@ from .quantizers import perplexity
 
 @torch.no_grad()
 def reconstruction_metrics(
-    tokenizer: ImageTokenizer, loader, accelerator: Accelerator | None = None, max_batches: int | None = None
+    tokenizer: ImageTokenizer, loader, accelerator: Accelerator | None = None, max_batches: int | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """MSE and PSNR on [0, 1] (per image, averaged), codebook usage and perplexity over a whole split.
 
     Runs the inference path (`encode` then `decode`). Under several processes each rank
     encodes its shard and the figures are gathered, so every rank returns the same numbers.
-    Also returns the first batch's images and reconstructions for previews.
+    Also returns the first batch's images and reconstructions for previews. `on_batch(images,
+    reconstructions)` (both in [-1, 1], this process's batch) is called for every batch, e.g.
+    to collect reconstructions for further metrics.
     """
     K = tokenizer.codebook_size
     hist = torch.zeros(K, dtype=torch.long)
@@ -46,6 +51,8 @@ def reconstruction_metrics(
         else:
             codes = tokenizer.encode(images)
             recon = tokenizer.decode(codes)
+        if on_batch is not None:
+            on_batch(images, recon)
         mse = ((recon.float() - images.float()) / 2).pow(2).flatten(1).mean(1)  # on [0, 1]
         if accelerator is not None:
             mse, codes = accelerator.gather_for_metrics((mse, codes))
@@ -97,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.output:
         Path(args.output).write_text(text + "\n")
     return report
+
+
+cli = console_script(main)
 
 
 if __name__ == "__main__":

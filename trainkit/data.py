@@ -748,3 +748,9 @@ def splits_fingerprint(cfg: DataConfig, downsample_factor: int = 1) -> tuple[str
     loader = _Loader(cfg, downsample_factor)
     descs = [_split_rows(cfg, loader.source, loader.plan, split)[2] for split in ("train", "val")]
     return loader.fingerprint(f"train={descs[0]}", f"val={descs[1]}"), loader.transform.size
+
+
+def split_fingerprint(cfg: DataConfig, split: str, downsample_factor: int = 1) -> tuple[str, tuple[int, int]]:
+    """`load_split(cfg, split, downsample_factor).source` and the image size, without decoding any image."""
+    loader = _Loader(cfg, downsample_factor)
+    return loader.fingerprint(_split_rows(cfg, loader.source, loader.plan, split)[2]), loader.transform.size

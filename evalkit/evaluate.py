@@ -1,0 +1,376 @@
+"""`imagegen-evaluate`: metrics of a tokenizer or of a whole pipeline, as a JSON report and a table.
+
+    imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid
+    imagegen-evaluate pipeline runs/pipeline --num-samples 10000 --metrics fid,is,pr,accuracy,nll
+
+Every figure in the report names the feature network (with its weights hash), the reference
+set (dataset, split, number of images) and the number of samples it was computed from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainkit.data import DataConfig, ImageDataset
+from trainkit.hub import atomic_write_text
+
+from .features import FeatureNetwork, InceptionFID, check_images, get_feature_network
+from .metrics import class_accuracy, fid, inception_score, precision_recall
+from .reference import ReferenceStats, default_cache_dir, reference_stats, select_images
+
+TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "inception_rfid")
+PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll")
+IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
+
+
+def parse_metrics(text: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """`"fid,is"` -> `["fid", "is"]`, checked against `allowed`."""
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in names if m not in allowed]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or names}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def _figure(value: float, reference: ReferenceStats | None, num_samples: int, **extra) -> dict:
+    figure: dict = {"value": value}
+    if reference is not None:
+        ref = reference.describe()
+        figure["feature_network"] = ref.pop("feature_network")
+        figure["reference"] = ref
+    figure["num_samples"] = num_samples
+    figure.update(extra)
+    return figure
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int] | None,
+    reference: ReferenceStats,
+    metrics: Sequence[str] = ("fid", "is", "pr", "accuracy"),
+    inception_reference: ReferenceStats | None = None,
+    batch_size: int | None = None,
+    k: int = 3,
+    is_splits: int = 10,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Metrics of images `[N, C, H, W]` in [0, 1] against real reference features.
+
+    `reference` holds the domain feature network's features of real images: "fid" (Frechet
+    distance of its features), "is" (Inception Score of its class predictions), "pr"
+    (precision and recall on k-NN manifolds) and "accuracy" (the fraction of images it
+    classifies as their `labels`, the classes they were generated for). "inception_fid" is the
+    Frechet distance of Inception-v3 features against `inception_reference`.
+    """
+    metrics = parse_metrics(metrics, IMAGE_METRICS)
+    images = check_images(images)
+    n = len(images)
+    network = reference.network
+    results: dict[str, dict] = {}
+    domain = [m for m in metrics if m != "inception_fid"]
+    if domain:
+        out = network.compute(images, batch_size=batch_size, progress=progress)
+        if "fid" in domain:
+            results["fid"] = _figure(fid(out.features, reference.stats), reference, n)
+        if "is" in domain:
+            if out.logits is None:
+                raise ValueError(f"the Inception Score needs class predictions; {network.name!r} gives none")
+            splits = min(is_splits, n)
+            mean, std = inception_score(out.logits, splits)
+            real = inception_score(reference.logits, min(is_splits, reference.num_images))[0] \
+                if reference.logits is not None else None
+            results["is"] = _figure(mean, reference, n, std=std, splits=splits, reference_value=real)
+        if "pr" in domain:
+            precision, recall = precision_recall(reference.features, out.features, k=k)
+            results["precision"] = _figure(precision, reference, n, k=k)
+            results["recall"] = _figure(recall, reference, n, k=k)
+        if "accuracy" in domain:
+            if out.logits is None:
+                raise ValueError(f"class accuracy needs class predictions; {network.name!r} gives none")
+            if labels is None:
+                raise ValueError("class accuracy needs the labels the images were generated for (got labels=None)")
+            accuracy, per_class = class_accuracy(out.logits, torch.as_tensor(labels), network.class_names)
+            real = None
+            if reference.logits is not None and bool((reference.labels >= 0).any()):
+                real = class_accuracy(reference.logits, reference.labels)[0]
+            results["accuracy"] = _figure(accuracy, reference, n, per_class=per_class, reference_value=real)
+    if "inception_fid" in metrics:
+        if inception_reference is None:
+            raise ValueError("inception_fid needs an inception_reference (reference_stats(InceptionFID(), ...))")
+        features = inception_reference.network.compute(images, progress=progress).features
+        results["inception_fid"] = _figure(fid(features, inception_reference.stats), inception_reference, n)
+    return results
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def evaluate_tokenizer(
+    tokenizer,
+    data: DataConfig,
+    split: str = "test",
+    num_samples: int | None = None,
+    batch_size: int = 500,
+    metrics: Sequence[str] = ("mse", "psnr", "usage", "rfid"),
+    feature_network: str | FeatureNetwork = "fashion_mnist_classifier",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Reconstruction metrics of `tokenizer` on `num_samples` images of `split` (all when None).
+
+    mse/psnr/usage come from `stage1_tokenizer.evaluate.reconstruction_metrics`; "rfid" is the
+    Frechet distance between the domain network's features of the reconstructions and of the
+    same original images, "inception_rfid" the same with Inception-v3 features.
+    """
+    from stage1_tokenizer.evaluate import reconstruction_metrics
+
+    metrics = parse_metrics(metrics, TOKENIZER_METRICS)
+    images, labels = select_images(data, split, num_samples, seed)
+    n = len(images)
+    loader = DataLoader(ImageDataset(images, labels), batch_size=batch_size, shuffle=False)
+    recons: list[torch.Tensor] = []
+    wants_fid = any(m in metrics for m in ("rfid", "inception_rfid"))
+    collect = (lambda _x, recon: recons.append(((recon.float() + 1) / 2).clamp(0, 1).cpu())) if wants_fid else None
+    recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
+    where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
+    results: dict[str, dict] = {}
+    for name, keys in (("mse", ["mse"]), ("psnr", ["psnr"]), ("usage", ["codebook_usage", "perplexity"])):
+        if name in metrics:
+            for key in keys:
+                results[key] = {"value": recon_metrics[key], **where}
+    if wants_fid:
+        reconstructions = torch.cat(recons)
+        for name, spec in (("rfid", feature_network), ("inception_rfid", "inception")):
+            if name in metrics:
+                network = get_feature_network(spec) if not isinstance(spec, FeatureNetwork) else spec
+                ref = reference_stats(network, data, split, num_samples, cache_dir, seed=seed, progress=progress)
+                features = network.compute(reconstructions, progress=progress).features
+                results[name] = _figure(fid(features, ref.stats), ref, n)
+    return results
+
+
+# ----------------------------------------------------------------------------- prior NLL
+
+
+@torch.no_grad()
+def prior_nll(prior, tokenizer, data: DataConfig, split: str = "test", token_cache_dir: str | Path = "runs/token_cache",
+              max_grids: int | None = None, batch_size: int = 256, progress: bool = False) -> dict:
+    """The prior's NLL in bits per image token on held-out token grids (`split` encoded by `tokenizer`).
+
+    The grids come from `stage2_prior.tokens.build_token_splits` (encoded once, cached in
+    `token_cache_dir`, shared with prior training when the data settings agree).
+    """
+    from stage2_prior.tokens import build_token_splits
+
+    data = dataclasses.replace(data, val_split=split)
+    tokens = build_token_splits(tokenizer, data, token_cache_dir, progress=progress)
+    held_out = tokens.val
+    layout = prior.layout
+    if tuple(held_out.grid) != tuple(layout.grid) or tokens.codebook_size != layout.codebook_size:
+        raise ValueError(f"the tokenizer gives {held_out.grid} grids over {tokens.codebook_size} codes but the prior "
+                         f"expects {layout.grid} over {layout.codebook_size}: they do not belong together")
+    n = len(held_out) if max_grids is None else min(max_grids, len(held_out))
+    total = 0.0
+    for start in range(0, n, batch_size):
+        codes, labels = held_out.get_batch(torch.arange(start, min(start + batch_size, n)))
+        total += float(prior.image_nll(codes, labels if layout.conditional else None).sum())
+    bits = total / max(n, 1) / math.log(2)
+    return {"value": bits, "unit": "bits per token", "uniform_value": math.log2(layout.codebook_size),
+            "reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def balanced_labels(num_images: int, num_classes: int) -> list[int] | None:
+    """Class labels cycling through the classes (0, 1, ..., C-1, 0, ...), None for an unconditional model."""
+    return [i % num_classes for i in range(num_images)] if num_classes else None
+
+
+def evaluate_pipeline(
+    path: str,
+    num_samples: int = 10_000,
+    batch_size: int = 256,
+    seed: int = 0,
+    guidance_scale: float | None = None,
+    metrics: Sequence[str] = ("fid", "is", "pr", "accuracy"),
+    dataset: str = "fashion_mnist",
+    reference_split: str = "train",
+    reference_size: int | None = 10_000,
+    feature_network: str | FeatureNetwork = "fashion_mnist_classifier",
+    cache_dir: str | Path | None = None,
+    nll_split: str = "test",
+    nll_samples: int | None = None,
+    token_cache_dir: str | Path = "runs/token_cache",
+    generate_kwargs: dict | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict], dict]:
+    """Sample `num_samples` class-balanced images from a saved pipeline and measure them; returns
+    (figures, settings). `guidance_scale=None` uses the pipeline's default."""
+    from pipelines import Pipeline
+
+    metrics = parse_metrics(metrics, PIPELINE_METRICS)
+    pipe = Pipeline.from_pretrained(path)
+    num_classes = pipe.prior.layout.num_classes
+    labels = balanced_labels(num_samples, num_classes)
+    if labels is None and "accuracy" in metrics:
+        raise ValueError("class accuracy needs a class-conditional pipeline; this one is unconditional "
+                         "(drop 'accuracy' from --metrics)")
+    if guidance_scale is None and labels is not None:
+        guidance_scale = getattr(pipe, "default_guidance_scale", None)
+    settings = {"num_samples": num_samples, "seed": seed, "guidance_scale": guidance_scale,
+                "class_labels": "balanced" if labels else None, **(generate_kwargs or {})}
+    results: dict[str, dict] = {}
+    image_metrics = [m for m in metrics if m in IMAGE_METRICS]
+    if image_metrics:
+        start = time.perf_counter()
+        images = pipe.generate(num_images=num_samples, class_labels=labels, guidance_scale=guidance_scale,
+                               seed=seed, batch_size=batch_size, output_type="pt", progress=progress,
+                               **(generate_kwargs or {}))
+        settings["sampling_seconds"] = round(time.perf_counter() - start, 1)
+        images = check_images(torch.as_tensor(images))
+        data = DataConfig(dataset=dataset, channels=images.shape[1], image_size=images.shape[-1])
+        network = get_feature_network(feature_network)
+        reference = reference_stats(network, data, reference_split, reference_size, cache_dir, progress=progress)
+        inception_ref = None
+        if "inception_fid" in image_metrics:
+            inception_ref = reference_stats(InceptionFID(), data, reference_split, reference_size, cache_dir,
+                                            progress=progress)
+        results.update(evaluate_images(images, labels, reference, image_metrics, inception_ref, progress=progress))
+    if "nll" in metrics:
+        config = pipe.tokenizer.config
+        data = DataConfig(dataset=dataset, channels=config.in_channels, image_size=config.image_size)
+        results["nll"] = prior_nll(pipe.prior, pipe.tokenizer, data, nll_split, token_cache_dir, nll_samples,
+                                   progress=progress)
+    return results, settings
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """The figures as an aligned text table."""
+    rows = [("metric", "value", "feature network", "reference", "N ref", "N samples")]
+    for name, fig in results.items():
+        value = fig["value"]
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if "std" in fig:
+            text += f" ± {fig['std']:.4f}"
+        if fig.get("reference_value") is not None:
+            text += f" (real: {fig['reference_value']:.4f})"
+        if fig.get("uniform_value") is not None:
+            text += f" (uniform: {fig['uniform_value']:.4f})"
+        ref = fig.get("reference", {})
+        rows.append((name, text, fig.get("feature_network", "-"), f"{ref.get('dataset', '-')}:{ref.get('split', '-')}",
+                     str(ref.get("num_images", "-")), str(fig.get("num_samples", "-"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _write_report(report: dict, output: str | None) -> None:
+    print(format_table(report["metrics"]))
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegen-evaluate", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", default="fashion_mnist", help="real data source (see data.dataset)")
+        p.add_argument("--feature-network", default="fashion_mnist_classifier",
+                       help="domain feature network: a registered name or package.module:attribute")
+        p.add_argument("--cache-dir", default=None, help=f"reference statistics cache (default {default_cache_dir()})")
+        p.add_argument("--batch-size", type=int, default=None)
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+        p.add_argument("--output", default=None, help="write the JSON report here")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    tok = sub.add_parser("tokenizer", help="reconstruction metrics of a saved tokenizer")
+    tok.add_argument("model", help="a saved tokenizer directory or hub repo id")
+    tok.add_argument("--split", default="test")
+    tok.add_argument("--num-samples", type=int, default=None, help="images of the split (default: all)")
+    tok.add_argument("--seed", type=int, default=0, help="seed of the random subset when --num-samples is set")
+    tok.add_argument("--metrics", default="mse,psnr,usage,rfid", help=f"comma-separated: {','.join(TOKENIZER_METRICS)}")
+    common(tok)
+
+    pipe = sub.add_parser("pipeline", help="sample quality of a saved pipeline (tokenizer + prior)")
+    pipe.add_argument("model", help="a saved pipeline directory or hub repo id")
+    pipe.add_argument("--num-samples", type=int, default=10_000)
+    pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    pipe.add_argument("--temperature", type=float, default=None)
+    pipe.add_argument("--top-k", type=int, default=None)
+    pipe.add_argument("--top-p", type=float, default=None)
+    pipe.add_argument("--metrics", default="fid,is,pr,accuracy", help=f"comma-separated: {','.join(PIPELINE_METRICS)}")
+    pipe.add_argument("--reference-split", default="train")
+    pipe.add_argument("--reference-size", type=int, default=10_000, help="real images in the reference set")
+    pipe.add_argument("--nll-split", default="test", help="held-out split for the prior's NLL")
+    pipe.add_argument("--nll-samples", type=int, default=None, help="held-out grids for the NLL (default: all)")
+    pipe.add_argument("--token-cache-dir", default="runs/token_cache")
+    common(pipe)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse the command line, evaluate, print the table, write the report; returns the report."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        if args.command == "tokenizer":
+            from stage1_tokenizer import ImageTokenizer
+
+            metrics = parse_metrics(args.metrics, TOKENIZER_METRICS)
+            tokenizer = ImageTokenizer.from_pretrained(args.model)
+            data = DataConfig(dataset=args.dataset, channels=tokenizer.config.in_channels,
+                              image_size=tokenizer.config.image_size)
+            results = evaluate_tokenizer(tokenizer, data, args.split, args.num_samples, args.batch_size or 500,
+                                         metrics, args.feature_network, args.cache_dir, args.seed, progress)
+            settings = {"split": args.split, "num_samples": args.num_samples, "seed": args.seed}
+        else:
+            metrics = parse_metrics(args.metrics, PIPELINE_METRICS)
+            generate_kwargs = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
+                                                 ("top_p", args.top_p)) if v is not None}
+            results, settings = evaluate_pipeline(
+                args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
+                args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,
+                args.nll_split, args.nll_samples, args.token_cache_dir, generate_kwargs, progress)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    report = {"command": args.command, "model": str(args.model), "dataset": args.dataset, "settings": settings,
+              "metrics": results, "seconds": round(time.perf_counter() - start, 1)}
+    _write_report(report, args.output)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `imagegen-evaluate` entry point (exit status 0 on success)."""
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
