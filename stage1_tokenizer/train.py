@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from trainkit.config import ConfigError
+from trainkit.config import ConfigError, console_script
 from trainkit.data import DataConfig, load_splits
 from trainkit.images import interleave_rows
 from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
@@ -74,6 +74,9 @@ class TokenizerTask(TrainTask):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     return train_from_command_line(TokenizerTrainConfig, TokenizerTask, prog="stage1_tokenizer.train",
                                    description="Train a discrete image tokenizer (VQ-VAE or Gumbel dVAE).", argv=argv)
+
+
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,28 @@ def _check_inputs(prior: ImagePrior, class_labels, guidance_scale: float, num_im
     return labels
 
 
+def _check_prefix(prior: ImagePrior, prefix: torch.Tensor | None, num_images: int) -> torch.Tensor:
+    """The given codes as a CPU `LongTensor[N, n]` (n = 0 without a prefix)."""
+    layout = prior.layout
+    if prefix is None:
+        return torch.empty(num_images, 0, dtype=torch.long)
+    if not isinstance(prefix, torch.Tensor) or prefix.is_floating_point() or prefix.is_complex() \
+            or prefix.dtype == torch.bool:
+        got = getattr(prefix, "dtype", type(prefix).__name__)
+        raise ValueError(f"prefix must be an integer tensor [N, n] of image codes, got {got}")
+    if prefix.ndim != 2 or prefix.shape[0] != num_images or prefix.shape[1] > layout.num_image_tokens:
+        raise ValueError(
+            f"prefix must have shape [num_images={num_images}, n] with n <= {layout.num_image_tokens} "
+            f"(h*w codes in raster order), got {tuple(prefix.shape)}"
+        )
+    if prefix.numel() and (int(prefix.min()) < 0 or int(prefix.max()) >= layout.codebook_size):
+        raise ValueError(
+            f"prefix codes must lie in [0, {layout.codebook_size}), got values in "
+            f"[{int(prefix.min())}, {int(prefix.max())}]"
+        )
+    return prefix.detach().to("cpu", torch.long)
+
+
 @torch.no_grad()
 def sample_codes(
     prior: ImagePrior,
@@ -98,6 +120,7 @@ def sample_codes(
     batch_size: int | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample `num_images` code grids `LongTensor[N, h, w]`.
 
@@ -105,6 +128,11 @@ def sample_codes(
     class-conditional prior then samples from its null class). `guidance_scale` s mixes the
     conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
     both rows run in one doubled batch. Only image-code ids are ever emitted.
+
+    `prefix`: optional given codes `LongTensor[N, n]` (the first n positions in raster order,
+    0 <= n <= h*w) that are kept verbatim; only positions n.. are sampled. With the KV cache
+    the prefix is read in one forward pass. Position t always uses the same noise, so an
+    image still depends only on its seed, index and prefix.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
@@ -114,31 +142,37 @@ def sample_codes(
         raise ValueError(f"batch_size must be positive (or None for one batch), got {batch_size}")
     layout, lm = prior.layout, prior.lm
     labels = _check_inputs(prior, class_labels, guidance_scale, num_images)
+    prefix = _check_prefix(prior, prefix, num_images)
+    n = prefix.shape[1]
     guided = labels is not None and guidance_scale != 1.0
     seeds = _image_seeds(num_images, seed, generator)
     device = next(lm.parameters()).device
     K, T = layout.codebook_size, layout.num_image_tokens
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
-    bar = tqdm(total=num_images * T, disable=not progress, desc="sampling", unit="tok")
+    out[:, :n] = prefix
+    bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
     with _eval_mode(lm):                               # no dropout while sampling (e.g. training previews)
         for start in range(0, num_images, batch_size):
             stop = min(start + batch_size, num_images)
             B = stop - start
             noise = None
-            if temperature > 0:
+            if temperature > 0 and n < T:
                 noise = torch.stack([torch.rand(T, K, generator=torch.Generator().manual_seed(int(s)))
                                      for s in seeds[start:stop]]).to(device)          # [B, T, K]
             if labels is None:
                 cond = layout.condition_ids(None, B)
             else:
                 cond = layout.class_id(labels[start:stop])
+            given = prefix[start:stop]
             if guided:
                 cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
-            ids = cond[:, None].to(device)
+                given = torch.cat([given, given])
+            ids = torch.cat([cond[:, None], given], dim=1).to(device)    # the first step reads the whole prefix
             past = None
             codes = torch.empty(B, T, dtype=torch.long, device=device)
-            for t in range(T):
+            codes[:, :n] = prefix[start:stop].to(device)
+            for t in range(n, T):
                 if use_cache:
                     result = lm(input_ids=ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
                     past = result.past_key_values

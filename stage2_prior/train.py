@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from stage1_tokenizer import ImageTokenizer
+from trainkit.config import console_script
 from trainkit.data import DataConfig
 from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
 
@@ -107,6 +108,9 @@ class PriorTask(TrainTask):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     return train_from_command_line(PriorTrainConfig, PriorTask, prog="stage2_prior.train",
                                    description="Train a GPT-style prior over a tokenizer's code grids; set tokenizer=PATH_OR_REPO_ID.", argv=argv)
+
+
+cli = console_script(main)
 
 
 if __name__ == "__main__":

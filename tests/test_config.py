@@ -53,3 +53,23 @@ def test_unknown_key_in_yaml(tmp_path):
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_console_scripts_exit_with_status_zero():
+    """A console script exits with its function's return value: every `[project.scripts]`
+    target returns an int (0), not the object its Python `main` returns."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from trainkit.config import console_script
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert {"imagegen-main", "imagegen-generate", "imagegen-evaluate", "imagegen-push"} <= set(scripts)
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        entry = getattr(importlib.import_module(module), attr)
+        assert getattr(entry, "console_script", False) or entry.__annotations__.get("return") in (int, "int"), name
+    seen = []
+    assert console_script(lambda argv: seen.append(argv) or {"loss": 1.0})(["--x"]) == 0 and seen == [["--x"]]

@@ -8,6 +8,7 @@ known ones, and values are converted to the field's declared type.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -159,3 +160,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def save_config(obj, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def console_script(main):
+    """Wrap a command's `main(argv)` for `[project.scripts]`.
+
+    A console script exits with the value its function returns, and treats anything but None
+    or an int as an error message (exit status 1). Commands return useful objects to Python
+    callers, so their console entry points go through this wrapper, which returns 0.
+    """
+
+    @functools.wraps(main)
+    def entry(argv: list[str] | None = None) -> int:
+        main(argv)
+        return 0
+
+    entry.console_script = True
+    return entry

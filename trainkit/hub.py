@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .config import console_script
 from .config import ConfigError, from_dict, to_dict
 
 CONFIG_NAME = "config.json"
@@ -102,7 +103,9 @@ def resolve_pretrained_dir(
             f"{text!r} is not a directory and does not look like a hub repo id (owner/name)"
         )
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
 
     try:
         return Path(
@@ -116,6 +119,13 @@ def resolve_pretrained_dir(
         ) from None
     except HFValidationError as err:
         raise FileNotFoundError(f"{text!r} is not a local directory nor a valid hub repo id: {err}") from None
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise FileNotFoundError(
+            f"{text!r} is not a local directory, and as a hub repo id it is not in the local cache and "
+            + ("cannot be downloaded with HF_HUB_OFFLINE=1: unset it to download once" if offline else
+               "the hub could not be reached: check the path, or your connection and HF_ENDPOINT")
+        ) from None
 
 
 def push_folder_to_hub(
@@ -228,3 +238,6 @@ def push_main(argv: list[str] | None = None) -> str:
     url = push_folder_to_hub(args.directory, args.repo_id, private=args.private, commit_message=args.message)
     print(url)
     return url
+
+
+push_cli = console_script(push_main)
