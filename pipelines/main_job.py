@@ -37,7 +37,9 @@ from trainkit.hub import CheckpointError, atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER_CONFIG = REPO / "configs" / "tokenizer" / "fashion_mnist_vq.yaml"
 DEFAULT_PRIOR_CONFIG = REPO / "configs" / "prior" / "fashion_mnist.yaml"
-DEFAULT_LAUNCH_ARGS = "--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
+# One process using every core: `accelerate launch` alone gives a CPU process a single thread.
+DEFAULT_LAUNCH_ARGS = (f"--num_processes 1 --num_machines 1 --num_cpu_threads_per_process {os.cpu_count() or 1} "
+                       "--mixed_precision no --dynamo_backend no")
 RESERVED_KEYS = {"output_dir", "tokenizer", "token_cache_dir"}   # set by the job from --output-dir
 
 
