@@ -748,3 +748,19 @@ def hub_env(hub: LocalHub, hf_home: str | os.PathLike) -> dict[str, str]:
         no_proxy=no_proxy,
     )
     return env
+
+
+def client(hub: "LocalHub", hf_home, script: str, **env: str) -> str:
+    """Run a Python `script` in a fresh process that talks to `hub` with its own `HF_HOME`;
+    returns its standard output (a failure fails the test)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    full_env = {**hub_env(hub, hf_home), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), **env}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full_env, cwd=repo,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    return result.stdout

@@ -3,28 +3,17 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from conftest import REPO, TINY_TOKENIZER, run_module
-from hubserver import LocalHub, hub_env
+from conftest import TINY_TOKENIZER, run_module
+from hubserver import LocalHub, client, hub_env
 
 
 @pytest.fixture
 def hub(tmp_path):
     with LocalHub(tmp_path / "hub") as hub:
         yield hub
-
-
-def client(hub, hf_home, script: str, **env) -> str:
-    full_env = {**hub_env(hub, hf_home), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full_env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def test_tokenizer_push_and_load_round_trip(hub, tmp_path):

@@ -8,15 +8,14 @@ import hashlib
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import REPO, TINY_PRIOR, TINY_TOKENIZER, run_module
-from hubserver import LocalHub, hub_env
+from conftest import TINY_PRIOR, TINY_TOKENIZER, run_module
+from hubserver import LocalHub, client
 from pipelines import Pipeline
 from pipelines.cli import assemble_main, generate_main
 
@@ -204,14 +203,6 @@ def test_assemble_command(main_run, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ hub
-
-
-def client(hub, hf_home, script: str, **env) -> str:
-    full_env = {**hub_env(hub, hf_home), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full_env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def test_push_and_load_from_the_hub(main_run, tmp_path):
