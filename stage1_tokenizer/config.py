@@ -23,6 +23,12 @@ class ImageTokenizerConfig:
     num_downsamples: int = 2
     latent_channels: int = 64
     norm: Literal["group", "none"] = "group"   # normalisation inside the residual blocks
+    # "wide": 3x3 convs at every level, so each code sees most of the image. "local": past the
+    # full-resolution level the encoder uses non-overlapping 2x2 downsampling and 1x1 convs,
+    # so each code sees only its own patch plus a small margin (2 px per full-resolution
+    # 3x3 conv; the encoder then has no GroupNorm): blank patches always get the same code,
+    # and the prior has less to guess.
+    encoder_context: Literal["wide", "local"] = "wide"
     quantizer: Literal["vq", "gumbel"] = "vq"
     codebook_size: int = 512
     recon_loss: Literal["mse", "l1"] = "mse"
@@ -49,6 +55,8 @@ class ImageTokenizerConfig:
     gumbel_logit_scale: float = 1.0
 
     def __post_init__(self):
+        if self.encoder_context not in ("wide", "local"):
+            raise ValueError(f"encoder_context must be 'wide' or 'local', got {self.encoder_context!r}")
         if self.quantizer not in ("vq", "gumbel"):
             raise ValueError(f"quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
         if len(self.channel_mult) != self.num_downsamples + 1:

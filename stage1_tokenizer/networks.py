@@ -22,11 +22,12 @@ class ResBlock(nn.Module):
     keeps deep stacks stable when there is no normalisation.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str = "group"):
+    def __init__(self, in_ch: int, out_ch: int, norm: str = "group", kernel_size: int = 3):
         super().__init__()
+        pad = kernel_size // 2
         self.block = nn.Sequential(
-            _norm(in_ch, norm), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
-            _norm(out_ch, norm), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            _norm(in_ch, norm), nn.SiLU(), nn.Conv2d(in_ch, out_ch, kernel_size, padding=pad),
+            _norm(out_ch, norm), nn.SiLU(), nn.Conv2d(out_ch, out_ch, kernel_size, padding=pad),
         )
         nn.init.zeros_(self.block[-1].weight)
         nn.init.zeros_(self.block[-1].bias)
@@ -37,21 +38,35 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image `[B, C, H, W]` -> features `[B, out_channels, H / 2**n, W / 2**n]`."""
+    """Image `[B, C, H, W]` -> features `[B, out_channels, H / 2**n, W / 2**n]`.
+
+    With `encoder_context="local"` only the full-resolution level has 3x3 convs; after it the
+    downsampling is non-overlapping (2x2, stride 2) and the blocks are 1x1, so a code is a
+    function of its own patch plus a margin of `Encoder.local_margin(config)` pixels (and the
+    encoder has no normalisation, whose statistics would span the whole image).
+    """
 
     def __init__(self, config: ImageTokenizerConfig, out_channels: int):
         super().__init__()
+        local = config.encoder_context == "local"
+        norm = "none" if local else config.norm  # GroupNorm's statistics would span the whole image
         chans = [config.base_channels * m for m in config.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(config.in_channels, chans[0], 3, padding=1)]
         for level, ch in enumerate(chans):
             prev = chans[max(level - 1, 0)] if level else chans[0]
+            kernel = 1 if local and level else 3
             for i in range(config.num_res_blocks):
-                layers.append(ResBlock(prev if i == 0 else ch, ch, config.norm))
+                layers.append(ResBlock(prev if i == 0 else ch, ch, norm, kernel))
             if level < config.num_downsamples:
-                layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
-        layers += [ResBlock(chans[-1], chans[-1], config.norm), _norm(chans[-1], config.norm), nn.SiLU(),
-                   nn.Conv2d(chans[-1], out_channels, 1)]
+                layers.append(nn.Conv2d(ch, ch, 2, stride=2) if local else nn.Conv2d(ch, ch, 4, stride=2, padding=1))
+        layers += [ResBlock(chans[-1], chans[-1], norm, 1 if local else 3), _norm(chans[-1], norm),
+                   nn.SiLU(), nn.Conv2d(chans[-1], out_channels, 1)]
         self.net = nn.Sequential(*layers)
+
+    @staticmethod
+    def local_margin(config: ImageTokenizerConfig) -> int:
+        """Pixels beyond its own patch that a "local" encoder's code depends on, on each side."""
+        return 1 + 2 * config.num_res_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

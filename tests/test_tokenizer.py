@@ -35,6 +35,40 @@ def test_shapes_and_output(quantizer, norm):
     assert torch.equal(model(images).codes, codes)
 
 
+@pytest.mark.parametrize("context", ["wide", "local"])
+def test_encoder_context_sets_what_a_code_sees(context):
+    """A "local" encoder's latent at a grid cell depends only on its patch plus the margin."""
+    from stage1_tokenizer.networks import Encoder
+
+    torch.manual_seed(0)
+    cfg = ImageTokenizerConfig(in_channels=1, image_size=28, base_channels=8, channel_mult=[1, 2, 2],
+                               num_downsamples=2, latent_channels=8, encoder_context=context)
+    encoder = Encoder(cfg, 8)
+    for p in encoder.parameters():  # the zero-initialised residual branches would hide the context
+        torch.nn.init.normal_(p, std=0.3)
+    images = torch.rand(1, 1, 28, 28)
+    margin = Encoder.local_margin(cfg)
+    assert margin == 3
+    changed = images.clone()
+    changed[..., 4 + 4 + margin:, :] = torch.rand(1, 1, 28 - 11, 28)  # rows past cell (1, *)'s reach
+    changed[..., :, 4 + 4 + margin:] = torch.rand(1, 1, 28, 28 - 11)
+    with torch.no_grad():
+        a, b = encoder(images), encoder(changed)
+    near_cells_same = torch.equal(a[..., :2, :2], b[..., :2, :2])
+    assert near_cells_same == (context == "local")
+    assert not torch.equal(a[..., 6, 6], b[..., 6, 6])
+    # one pixel inside the margin does reach cell (1, 1)
+    inside = images.clone()
+    inside[..., 4 + 4 + margin - 1, 5] += 1.0
+    with torch.no_grad():
+        assert not torch.equal(encoder(inside)[..., 1, 1], a[..., 1, 1])
+
+
+def test_encoder_context_is_validated():
+    with pytest.raises(ValueError, match="encoder_context"):
+        ImageTokenizerConfig(encoder_context="global")
+
+
 def test_rgb_and_grid():
     model = tiny(in_channels=3, image_size=16)
     assert model.grid_size == (8, 8)
