@@ -190,8 +190,13 @@ class VectorQuantizer(nn.Module):
             return 0
         new = torch.empty(n_dead, self.code_dim, device=flat.device)
         if not (dist.is_initialized() and dist.get_rank() != 0):
-            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
-            new.copy_(flat[pick] + 1e-4 * torch.randn_like(new))
+            # Seeded by the step count, not drawn from the global RNG, so that a run resumed from
+            # a checkpoint restarts exactly the codes an uninterrupted run would (the global RNG
+            # is also read by data loading, whose draws differ after a mid-epoch resume).
+            g = torch.Generator(device=flat.device).manual_seed(int(self.steps))
+            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device, generator=g)
+            noise = torch.randn(n_dead, self.code_dim, device=flat.device, generator=g)
+            new.copy_(flat[pick] + 1e-4 * noise)
         broadcast_(new)
         self.codebook.data[dead] = new
         # A restarted code starts with a modest usage so it is not restarted again at once.
