@@ -27,6 +27,7 @@ from stage2_prior.layout import TokenLayout  # noqa: E402
 from stage2_prior.model import ImagePrior  # noqa: E402
 from stage2_prior.train import PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
+from trainkit.loop import resolve_mixed_precision  # noqa: E402
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
@@ -86,7 +87,7 @@ def main() -> None:
     layout = TokenLayout(args.codebook_size, tuple(args.grid), args.num_classes if cfg.conditional else 0)
     torch.manual_seed(0)
     prior = ImagePrior.from_config(cfg.model, layout).train()
-    bf16 = cfg.train.mixed_precision == "bf16"
+    bf16 = resolve_mixed_precision(cfg.train.mixed_precision) == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
     flops_token = training_flops_per_token(prior)
     tokens_step = cfg.train.batch_size * layout.num_image_tokens

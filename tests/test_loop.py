@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from trainkit import checkpoint as ckpt
 from trainkit.hub import save_state_dict
-from trainkit.loop import LoopConfig, TrainingDiverged, TrainTask, lr_factor, run_training
+from trainkit.loop import LoopConfig, TrainingDiverged, TrainTask, lr_factor, resolve_mixed_precision, run_training
 
 
 class Regression(TrainTask):
@@ -57,6 +57,27 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     assert metrics["mse"] < 0.1 * losses[0]
     assert (tmp_path / "final" / "model.safetensors").is_file()
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000040"
+
+
+@pytest.mark.parametrize("cuda, cuda_bf16, amx, expected", [
+    (False, False, True, "bf16"), (False, False, False, "no"), (True, True, False, "bf16"), (True, False, True, "no"),
+])
+def test_auto_mixed_precision_picks_bf16_only_where_it_is_fast(monkeypatch, cuda, cuda_bf16, amx, expected):
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_mixed_precision("auto") == expected
+    assert resolve_mixed_precision("fp16") == "fp16" and resolve_mixed_precision(None) is None
+    if cuda:  # `accelerate launch --cpu` on a GPU machine decides by the CPU
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+        assert resolve_mixed_precision("auto") == ("bf16" if amx else "no")
+
+
+def test_auto_mixed_precision_trains(tmp_path):
+    run_training(Regression(), loop(mixed_precision="auto", max_steps=10), tmp_path)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["mixed_precision"] == resolve_mixed_precision("auto")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

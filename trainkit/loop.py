@@ -52,7 +52,8 @@ class LoopConfig:
     grad_clip: float | None = 1.0
     ema_decay: float | None = None        # keep an exponential moving average of the weights (e.g. 0.999);
                                           # evaluations and the final model then use the averaged weights
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = None  # None: as `accelerate launch` says
+    # None: as `accelerate launch` says; "auto": bf16 where it is faster than fp32 (see `resolve_mixed_precision`)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     seed: int = 0
     num_threads: int | None = None        # torch intra-op threads per process (None: torch's default)
     num_workers: int = 0
@@ -195,6 +196,22 @@ def _push_model(task: TrainTask, model: torch.nn.Module, hub: HubConfig, message
     logger.info("pushed %s to %s", message, url)
 
 
+def resolve_mixed_precision(value: str | None) -> str | None:
+    """`"auto"` -> `"bf16"` on a GPU with bf16 or a CPU with AMX matrix units, else `"no"`.
+
+    On a CPU without AMX, bf16 matrix products run at about half the fp32 rate (measured on
+    an AVX-512 Xeon: 185 vs 373 GFLOP/s), so autocast would slow a transformer down.
+    Any other value is returned unchanged.
+    """
+    if value != "auto":
+        return value
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if torch.cuda.is_available() and not use_cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "bf16" if amx is not None and amx() else "no"
+
+
 def run_training(
     task: TrainTask,
     loop: LoopConfig,
@@ -208,7 +225,7 @@ def run_training(
     hub = hub or HubConfig()
     accelerator = Accelerator(
         gradient_accumulation_steps=loop.grad_accum_steps,
-        mixed_precision=loop.mixed_precision,
+        mixed_precision=resolve_mixed_precision(loop.mixed_precision),
         log_with="tensorboard",
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
