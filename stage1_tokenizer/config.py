@@ -23,11 +23,8 @@ class ImageTokenizerConfig:
     num_downsamples: int = 2
     latent_channels: int = 64
     norm: Literal["group", "none"] = "group"   # normalisation inside the residual blocks
-    # "wide": 3x3 convs at every level, so each code sees most of the image. "local": past the
-    # full-resolution level the encoder uses non-overlapping 2x2 downsampling and 1x1 convs,
-    # so each code sees only its own patch plus a small margin (2 px per full-resolution
-    # 3x3 conv; the encoder then has no GroupNorm): blank patches always get the same code,
-    # and the prior has less to guess.
+    # "wide": each code sees most of the image; "local": only its own patch plus a small margin
+    # (see `networks.Encoder`), so blank patches always get the same code and the prior has less to guess.
     encoder_context: Literal["wide", "local"] = "wide"
     quantizer: Literal["vq", "gumbel"] = "vq"
     codebook_size: int = 512

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -205,8 +205,7 @@ def resolve_mixed_precision(value: str | None) -> str | None:
     """
     if value != "auto":
         return value
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if torch.cuda.is_available() and not use_cpu:
+    if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"):
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return "bf16" if amx is not None and amx() else "no"
