@@ -8,6 +8,7 @@ not on the batch it was sampled in, and cached and uncached sampling see the sam
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -15,6 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import ImagePrior
+
+
+def _cache_argument(lm: torch.nn.Module) -> str:
+    """The name under which this `transformers` model takes and returns its KV cache: `cache` in
+    recent releases, `past_key_values` in earlier ones and in architectures not yet renamed."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
@@ -170,12 +177,13 @@ def sample_codes(
                 given = torch.cat([given, given])
             ids = torch.cat([cond[:, None], given], dim=1).to(device)    # the first step reads the whole prefix
             past = None
+            cache_kw = _cache_argument(lm)
             codes = torch.empty(B, T, dtype=torch.long, device=device)
             codes[:, :n] = prefix[start:stop].to(device)
             for t in range(n, T):
                 if use_cache:
-                    result = lm(input_ids=ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
-                    past = result.past_key_values
+                    result = lm(input_ids=ids if past is None else ids[:, -1:], use_cache=True, **{cache_kw: past})
+                    past = result[cache_kw]
                 else:
                     result = lm(input_ids=ids, use_cache=False)
                 logits = result.logits[:, -1, :K].float()                         # image codes only
