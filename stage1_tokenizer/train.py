@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 

@@ -2,7 +2,6 @@
 (`huggingface_hub` reads HF_ENDPOINT at import time)."""
 
 import json
-import os
 
 import pytest
 
@@ -86,7 +85,6 @@ def test_training_pushes_final_model_and_reads_a_hub_dataset(hub, tmp_path, digi
 
 
 def test_push_command_uploads_a_saved_directory(hub, tmp_path):
-    import torch
     from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
 
     cfg = ImageTokenizerConfig(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1,
