@@ -42,6 +42,29 @@ class Regression(TrainTask):
         save_state_dict(model.state_dict(), directory / "model.safetensors")
 
 
+class ConvRegression(Regression):
+    """A two-layer conv net regressing the image mean; records the weights' memory layout at each step."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(128, 2, 6, 6, generator=g)
+        self.train_dataset = TensorDataset(x, x.mean((1, 2, 3)))
+        self.val_dataset = TensorDataset(x[:32], self.train_dataset.tensors[1][:32])
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
+                                         torch.nn.Conv2d(4, 1, 3, padding=1))
+        self.channels_last_seen = []
+
+    def training_step(self, model, batch, step):
+        x, y = batch
+        self.channels_last_seen.append(model[0].weight.is_contiguous(memory_format=torch.channels_last))
+        return torch.nn.functional.mse_loss(model(x).mean((1, 2, 3)), y), {}
+
+    def evaluate(self, model, loader, accelerator, step):
+        losses = [torch.nn.functional.mse_loss(model(x).mean((1, 2, 3)), y).item() for x, y in loader]
+        return {"mse": sum(losses) / len(losses)}, None
+
+
 def loop(**kw):
     base = dict(batch_size=16, lr=0.3, warmup_steps=2, max_steps=40, log_every=5, eval_every=20,
                 checkpoint_every=10, progress_bar=False, mixed_precision="no")
@@ -78,6 +101,30 @@ def test_auto_mixed_precision_trains(tmp_path):
     run_training(Regression(), loop(mixed_precision="auto", max_steps=10), tmp_path)
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["mixed_precision"] == resolve_mixed_precision("auto")
+
+
+def test_channels_last_trains_checkpoints_and_resumes(tmp_path):
+    import shutil
+
+    settings = dict(max_steps=20, lr=0.05, channels_last=True)
+    task = ConvRegression()
+    run_training(task, loop(**settings), tmp_path / "nhwc")
+    assert task.channels_last_seen == [True] * 20
+    plain = ConvRegression()
+    run_training(plain, loop(**{**settings, "channels_last": False}), tmp_path / "plain")
+    assert not any(plain.channels_last_seen)
+    final = _weights(tmp_path / "nhwc" / "final" / "model.safetensors")   # safetensors needs contiguous tensors
+    for name, value in _weights(tmp_path / "plain" / "final" / "model.safetensors").items():
+        assert torch.allclose(final[name], value, atol=1e-5)              # only the memory layout differed
+
+    part = tmp_path / "part"
+    shutil.copytree(ckpt.step_dir(tmp_path / "nhwc" / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
+    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    resumed = ConvRegression()
+    run_training(resumed, loop(**settings), part, resume="latest")
+    assert resumed.channels_last_seen == [True] * 10
+    for name, value in _weights(part / "final" / "model.safetensors").items():
+        assert torch.equal(value, final[name])
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
