@@ -1,6 +1,6 @@
 """`imagegen-evaluate`: metrics of a tokenizer or of a whole pipeline, as a JSON report and a table.
 
-    imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid
+    imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid,accuracy
     imagegen-evaluate pipeline runs/pipeline --num-samples 10000 --metrics fid,is,pr,accuracy,nll
 
 Every figure in the report names the feature network (with its weights hash), the reference
@@ -28,7 +28,7 @@ from .features import FeatureNetwork, InceptionFID, check_images, get_feature_ne
 from .metrics import class_accuracy, fid, inception_score, precision_recall
 from .reference import ReferenceStats, default_cache_dir, reference_stats, select_images
 
-TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "inception_rfid")
+TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "accuracy", "inception_rfid")
 PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
 
@@ -134,17 +134,22 @@ def evaluate_tokenizer(
 
     mse/psnr/usage come from `stage1_tokenizer.evaluate.reconstruction_metrics`; "rfid" is the
     Frechet distance between the domain network's features of the reconstructions and of the
-    same original images, "inception_rfid" the same with Inception-v3 features.
+    same original images, "inception_rfid" the same with Inception-v3 features; "accuracy" is
+    the domain classifier's accuracy on the reconstructions, beside its accuracy on the originals
+    (what the tokenizer leaves of the class: a ceiling for a pipeline's class accuracy).
     """
     from stage1_tokenizer.evaluate import reconstruction_metrics
 
     metrics = parse_metrics(metrics, TOKENIZER_METRICS)
     images, labels = select_images(data, split, num_samples, seed)
     n = len(images)
+    if "accuracy" in metrics and not bool((labels >= 0).all()):
+        raise ValueError(f"the accuracy of reconstructions needs a labelled split; {split!r} of {data.dataset!r} "
+                         "has unlabelled images (drop 'accuracy' from --metrics)")
     loader = DataLoader(ImageDataset(images, labels), batch_size=batch_size, shuffle=False)
     recons: list[torch.Tensor] = []
-    wants_fid = any(m in metrics for m in ("rfid", "inception_rfid"))
-    collect = (lambda _x, recon: recons.append(((recon.float() + 1) / 2).clamp(0, 1).cpu())) if wants_fid else None
+    feature_metrics = [m for m in ("rfid", "accuracy", "inception_rfid") if m in metrics]
+    collect = (lambda _x, recon: recons.append(((recon.float() + 1) / 2).clamp(0, 1).cpu())) if feature_metrics else None
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
     results: dict[str, dict] = {}
@@ -152,14 +157,25 @@ def evaluate_tokenizer(
         if name in metrics:
             for key in keys:
                 results[key] = {"value": recon_metrics[key], **where}
-    if wants_fid:
-        reconstructions = torch.cat(recons)
-        for name, spec in (("rfid", feature_network), ("inception_rfid", "inception")):
-            if name in metrics:
-                network = get_feature_network(spec) if not isinstance(spec, FeatureNetwork) else spec
-                ref = reference_stats(network, data, split, num_samples, cache_dir, seed=seed, progress=progress)
-                features = network.compute(reconstructions, progress=progress).features
-                results[name] = _figure(fid(features, ref.stats), ref, n)
+    if not feature_metrics:
+        return results
+    reconstructions = torch.cat(recons)
+    for spec, names in ((feature_network, ("rfid", "accuracy")), ("inception", ("inception_rfid",))):
+        names = [m for m in names if m in metrics]
+        if not names:
+            continue
+        network = get_feature_network(spec) if not isinstance(spec, FeatureNetwork) else spec
+        ref = reference_stats(network, data, split, num_samples, cache_dir, seed=seed, progress=progress)
+        out = network.compute(reconstructions, progress=progress)
+        for name in names:
+            if name == "accuracy":
+                if out.logits is None or ref.logits is None:
+                    raise ValueError(f"accuracy needs class predictions; {network.name!r} gives none")
+                accuracy, per_class = class_accuracy(out.logits, labels, network.class_names)
+                real = class_accuracy(ref.logits, ref.labels)[0]
+                results["accuracy"] = _figure(accuracy, ref, n, per_class=per_class, reference_value=real)
+            else:
+                results[name] = _figure(fid(out.features, ref.stats), ref, n)
     return results
 
 

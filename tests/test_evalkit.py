@@ -12,7 +12,9 @@ import torch
 
 from evalkit import features as features_module
 from evalkit.classifier import load_classifier
-from evalkit.evaluate import balanced_labels, evaluate_images, main as evaluate_entry, prior_nll, run as evaluate_main
+from evalkit.evaluate import (
+    balanced_labels, evaluate_images, evaluate_tokenizer, main as evaluate_entry, prior_nll, run as evaluate_main,
+)
 from evalkit.features import (
     INCEPTION_INSTALL,
     WEIGHTS_DIR,
@@ -285,6 +287,35 @@ def test_evaluate_images_on_real_test_images_against_train(classifier, fashion_t
     assert worse["accuracy"]["value"] < 0.3
     with pytest.raises(ValueError, match="inception_reference"):
         evaluate_images(images[:10], None, reference, ["inception_fid"])
+
+
+class PixelTokenizer(torch.nn.Module):
+    """A lossless "tokenizer" of uint8 images (a code per pixel value), or one that decodes every grid to black."""
+
+    codebook_size = 256
+
+    def __init__(self, blank: bool = False):
+        super().__init__()
+        self.blank = blank
+
+    def encode(self, images):
+        return ((images + 1) * 127.5).round().long()
+
+    def decode(self, codes):
+        return torch.full(codes.shape, -1.0) if self.blank else codes.float() / 127.5 - 1
+
+
+def test_tokenizer_accuracy_is_the_classifier_on_reconstructions_beside_the_originals(tmp_path):
+    data = DataConfig(dataset="fashion_mnist")
+    settings = dict(split="test", num_samples=1000, metrics=["accuracy"], cache_dir=tmp_path)
+    lossless = evaluate_tokenizer(PixelTokenizer(), data, **settings)["accuracy"]
+    assert lossless["num_samples"] == 1000 and lossless["feature_network"].startswith("fashion_mnist_classifier@")
+    assert lossless["reference_value"] > 0.85                        # the classifier on the original images
+    assert lossless["value"] == pytest.approx(lossless["reference_value"], abs=1e-3)
+    assert set(lossless["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                          "Sneaker", "Bag", "Ankle boot"}
+    blank = evaluate_tokenizer(PixelTokenizer(blank=True), data, **settings)["accuracy"]
+    assert blank["value"] < 0.2 and blank["reference_value"] == lossless["reference_value"]
 
 
 def test_prior_nll_in_bits_per_token_on_held_out_grids(tiny_tokenizer_dir, digits_parquet, tmp_path):
