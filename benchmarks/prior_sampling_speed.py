@@ -4,7 +4,7 @@ cache) and an uncached loop, for class-conditional images with and without guida
     python benchmarks/prior_sampling_speed.py [--prior runs/prior/final]
 
 Without `--prior`, a randomly initialised prior of the default recipe size (`PriorConfig()`,
-512 codes on a 7x7 grid, 10 classes) is timed. `generate` samples with `do_sample=True`, a
+1024 codes on a 7x7 grid, 10 classes) is timed. `generate` samples with `do_sample=True`, a
 logits processor restricting it to image-code ids, and for guidance its own CFG processor
 (`guidance_scale` + `negative_prompt_ids` = the null class). Prints one JSON object: images/s
 (median of `--repeats` runs after a warm-up, the methods taking turns) at 1 and 2 torch threads,
@@ -129,7 +129,7 @@ def main() -> None:
         prior = ImagePrior.from_pretrained(args.prior).eval()
     else:
         torch.manual_seed(0)
-        prior = ImagePrior.from_config(PriorConfig(), TokenLayout(codebook_size=512, grid=(7, 7), num_classes=10))
+        prior = ImagePrior.from_config(PriorConfig(), TokenLayout(codebook_size=1024, grid=(7, 7), num_classes=10))
         prior = prior.eval()
     layout, n = prior.layout, args.num_images
     labels = torch.arange(n) % layout.num_classes if layout.conditional else None

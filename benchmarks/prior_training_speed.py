@@ -3,7 +3,7 @@ measured matrix-multiply peak that it reaches.
 
     python benchmarks/prior_training_speed.py [--config configs/prior/fashion_mnist.yaml] [key=value ...]
 
-The model, batch size and precision come from the prior recipe (512 codes on a 7x7 grid, 10
+The model, batch size and precision come from the prior recipe (1024 codes on a 7x7 grid, 10
 classes unless overridden). A step is forward + backward + AdamW update on random code grids,
 under bf16 autocast when the recipe says so. Training FLOPs per token are counted as
 6 x (non-embedding parameters) + 6 x layers x sequence length x hidden size (attention scores
@@ -74,7 +74,7 @@ def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/prior/fashion_mnist.yaml")
-    parser.add_argument("--codebook-size", type=int, default=512)
+    parser.add_argument("--codebook-size", type=int, default=1024)
     parser.add_argument("--grid", type=int, nargs=2, default=[7, 7])
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
