@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -56,7 +57,7 @@ def main() -> None:
         start = time.perf_counter()
         figures, used = evaluate_pipeline(args.pipeline, **settings, **common)
         result["runs"][name] = {"settings": used, "metrics": figures, "seconds": round(time.perf_counter() - start, 1)}
-        print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2, default=str))
 
 
