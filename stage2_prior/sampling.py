@@ -158,6 +158,7 @@ def sample_codes(
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
     out[:, :n] = prefix
+    cache_kw = _cache_argument(lm)
     bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
     with _eval_mode(lm):                               # no dropout while sampling (e.g. training previews)
         for start in range(0, num_images, batch_size):
@@ -177,7 +178,6 @@ def sample_codes(
                 given = torch.cat([given, given])
             ids = torch.cat([cond[:, None], given], dim=1).to(device)    # the first step reads the whole prefix
             past = None
-            cache_kw = _cache_argument(lm)
             codes = torch.empty(B, T, dtype=torch.long, device=device)
             codes[:, :n] = prefix[start:stop].to(device)
             for t in range(n, T):
