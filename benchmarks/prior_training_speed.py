@@ -27,7 +27,7 @@ from stage2_prior.layout import TokenLayout  # noqa: E402
 from stage2_prior.model import ImagePrior  # noqa: E402
 from stage2_prior.train import PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
-from trainkit.loop import resolve_mixed_precision  # noqa: E402
+from trainkit.devices import resolve_mixed_precision  # noqa: E402
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:

@@ -24,7 +24,7 @@ class QuantizerOutput:
     quantized: torch.Tensor          # [B, D, h, w], what the decoder reads
     codes: torch.Tensor              # [B, h, w] int64
     loss: torch.Tensor               # weighted quantizer loss (scalar)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)   # scalars to log, left on the device
 
 
 def _distributed() -> bool:
@@ -54,10 +54,15 @@ def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     )
 
 
-def perplexity(counts: torch.Tensor) -> float:
-    """exp(entropy) of a code histogram: the effective number of codes in use."""
+def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of a code histogram: the effective number of codes in use (a scalar tensor)."""
     p = counts.float() / counts.sum().clamp_min(1)
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """`code_perplexity` as a Python number."""
+    return float(code_perplexity(counts))
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None,
@@ -128,6 +133,15 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(not config.vq_kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("restarted_total", torch.zeros((), dtype=torch.long))
+        # Host copies of `initialized` and `steps`, read from the buffers once (and again after a
+        # state-dict load) so that a training step does not wait for the device to branch on them.
+        self._host_initialized: bool | None = None
+        self._host_steps: int | None = None
+        self.register_load_state_dict_post_hook(VectorQuantizer._forget_host_copies)
+
+    @staticmethod
+    def _forget_host_copies(module: "VectorQuantizer", incompatible_keys) -> None:
+        module._host_initialized = module._host_steps = None
 
     def _lookup_space(self, z: torch.Tensor) -> torch.Tensor:
         """`[B, D, h, w]` latents -> `[N, code_dim]` vectors in the lookup space (float32)."""
@@ -210,14 +224,15 @@ class VectorQuantizer(nn.Module):
         cfg = self.config
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = self._lookup_space(z)
-            if self.training and not bool(self.initialized):
+            if self.training and not self._is_initialized():
                 self._kmeans_init(flat.detach())
+                self._host_initialized = True
             codes = self.nearest(flat.detach())
             restarted = 0
             if self.training and cfg.vq_ema:
                 self._ema_update(flat.detach(), codes)
-                self.steps += 1
-                if cfg.vq_restart_every and int(self.steps) % cfg.vq_restart_every == 0:
+                steps = self._count_step()
+                if cfg.vq_restart_every and steps % cfg.vq_restart_every == 0:
                     restarted = self._restart_dead_codes(flat.detach())
             codebook = self._codebook()
             e = codebook[codes]
@@ -228,12 +243,22 @@ class VectorQuantizer(nn.Module):
             st = flat + (e - flat).detach()  # straight-through: identity gradient to the encoder
             quantized = self.proj_out(st).reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
             counts = torch.bincount(codes, minlength=cfg.codebook_size)
-        stats = {
-            "commitment": float(commitment.detach()),
-            "batch_perplexity": perplexity(counts),
-            "restarted": float(restarted),
-        }
+        stats = {"commitment": commitment.detach(), "batch_perplexity": code_perplexity(counts),
+                 "restarted": float(restarted)}
         return QuantizerOutput(quantized, codes.reshape(B, h, w), loss, stats)
+
+    def _is_initialized(self) -> bool:
+        if self._host_initialized is None:
+            self._host_initialized = bool(self.initialized)
+        return self._host_initialized
+
+    def _count_step(self) -> int:
+        """Count a training step in the `steps` buffer (checkpointed) and its host copy; returns the count."""
+        if self._host_steps is None:
+            self._host_steps = int(self.steps)
+        self.steps += 1
+        self._host_steps += 1
+        return self._host_steps
 
 
 class GumbelQuantizer(nn.Module):
@@ -295,13 +320,8 @@ class GumbelQuantizer(nn.Module):
             if cfg.gumbel_diversity_weight:
                 loss = loss + cfg.gumbel_diversity_weight * (math.log(K) - marginal_entropy)
             counts = torch.bincount(codes.flatten(), minlength=K)
-        stats = {
-            "kl": float(kl.detach()),
-            "temperature": tau,
-            "kl_weight": self.kl_weight(step),
-            "batch_perplexity": perplexity(counts),
-            "marginal_perplexity": float(marginal_entropy.detach().exp()),
-        }
+        stats = {"kl": kl.detach(), "temperature": tau, "kl_weight": self.kl_weight(step),
+                 "batch_perplexity": code_perplexity(counts), "marginal_perplexity": marginal_entropy.detach().exp()}
         return QuantizerOutput(quantized, codes, loss, stats)
 
 

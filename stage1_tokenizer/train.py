@@ -3,7 +3,7 @@
     accelerate launch -m stage1_tokenizer.train --config configs/tokenizer/fashion_mnist_vq.yaml \\
         output_dir=runs/tokenizer train.max_minutes=10 key=value ...
 
-Builds the model, data and loss and hands them to the shared loop (`trainkit.loop`).
+Builds the model, data and loss and hands them to the shared trainer (`trainkit.trainer`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from trainkit.config import ConfigError, console_script
 from trainkit.data import DataConfig, load_splits
 from trainkit.images import interleave_rows
-from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
+from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
 
 from .config import ImageTokenizerConfig
 from .model import ImageTokenizer
@@ -32,7 +32,7 @@ class TokenizerTrainConfig:
     resume: str | None = None            # "latest" or a checkpoint directory
     model: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     preview_images: int = 32
 
@@ -52,8 +52,7 @@ class TokenizerTask(TrainTask):
     def training_step(self, model, batch, step):
         images, _ = batch
         out = model(images, step=step)
-        logs = {"recon_loss": float(out.recon_loss.detach()), "quantizer_loss": float(out.quantizer_loss.detach()),
-                **out.stats}
+        logs = {"recon_loss": out.recon_loss.detach(), "quantizer_loss": out.quantizer_loss.detach(), **out.stats}
         return out.loss, logs
 
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):

@@ -60,12 +60,13 @@ class TokenLayout:
     def seq_len(self) -> int:
         return 1 + self.num_image_tokens
 
-    def class_id(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class labels `[B]` (ints in [0, C)) -> their condition token ids."""
+    def class_id(self, labels: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """Class labels `[B]` (ints in [0, C)) -> their condition token ids. `validate=False` skips
+        the range check, which waits for the device (training batches are checked once, at load)."""
         if not self.conditional:
             raise ValueError("this prior is unconditional: it takes no class labels (pass class_labels=None)")
         labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if validate and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
                 f"class labels must lie in [0, {self.num_classes}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"

@@ -85,13 +85,13 @@ class ImagePrior(nn.Module):
         return cls(build_causal_lm(config, layout), layout)
 
     def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None, drop_class_prob: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, validate: bool = True) -> torch.Tensor:
         """Token ids `[B, 1 + h*w]`; with `drop_class_prob`, classes are replaced by the null token."""
         layout = self.layout
         if layout.conditional:
             if labels is None:
                 raise ValueError("a class-conditional prior needs class labels for training")
-            conditions = layout.class_id(labels).to(codes.device)
+            conditions = layout.class_id(labels, validate=validate).to(codes.device)
             if drop_class_prob > 0:
                 drop = torch.rand(conditions.shape, generator=generator, device=codes.device) < drop_class_prob
                 conditions = torch.where(drop, torch.full_like(conditions, layout.null_id), conditions)
@@ -99,20 +99,21 @@ class ImagePrior(nn.Module):
             conditions = layout.condition_ids(None, codes.shape[0]).to(codes.device)
         return layout.to_sequences(codes, conditions)
 
-    def image_nll(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0
-                  ) -> torch.Tensor:
-        """NLL per image `[B]`, in nats per image token, given the condition (which is never a target)."""
-        if codes.ndim != 3 or int(codes.min()) < 0 or int(codes.max()) >= self.layout.codebook_size:
+    def image_nll(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0,
+                  validate: bool = True) -> torch.Tensor:
+        """NLL per image `[B]`, in nats per image token, given the condition (which is never a target).
+        `validate=False` skips the range checks of codes and labels, which wait for the device."""
+        if codes.ndim != 3 or (validate and (int(codes.min()) < 0 or int(codes.max()) >= self.layout.codebook_size)):
             raise ValueError(f"codes must be [B, h, w] ids in [0, {self.layout.codebook_size})")
-        ids = self.sequences(codes, labels, drop_class_prob)
+        ids = self.sequences(codes, labels, drop_class_prob, validate=validate)
         logits = self.lm(input_ids=ids[:, :-1]).logits            # position t predicts token t + 1
         nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
         return nll.mean(1)
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0
-                ) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None, drop_class_prob: float = 0.0,
+                validate: bool = True) -> torch.Tensor:
         """Mean NLL (nats per image token) of a batch: the training loss."""
-        return self.image_nll(codes, labels, drop_class_prob).mean()
+        return self.image_nll(codes, labels, drop_class_prob, validate=validate).mean()
 
     # ---------------------------------------------------------------- persistence
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
 from trainkit.data import DataConfig, ImageDataset, array2d_column, load_splits, splits_fingerprint
-from trainkit.loop import check_world_size
+from trainkit.devices import check_world_size
 
 CACHE_VERSION = 1
 META_NAME = "meta.json"
@@ -60,6 +60,8 @@ class TokenDataset(Dataset):
         self.labels = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
         if len(self.labels) != n:
             raise ValueError(f"{n} code grids but {len(self.labels)} labels")
+        if codes.numel() and int(self.codes.long().max()) >= codebook_size:
+            raise ValueError(f"codes reach {int(self.codes.long().max())}, outside a codebook of {codebook_size}")
         self.codebook_size = codebook_size
 
     @property

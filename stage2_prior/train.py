@@ -4,7 +4,7 @@
         tokenizer=runs/tokenizer_vq/final output_dir=runs/prior key=value ...
 
 The dataset is encoded once with the tokenizer and cached (`stage2_prior.tokens`); the model,
-loss and evaluation are handed to the shared loop (`trainkit.loop`).
+loss and evaluation are handed to the shared trainer (`trainkit.trainer`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import console_script
 from trainkit.data import DataConfig
-from trainkit.loop import HubConfig, LoopConfig, TrainTask, train_from_command_line
+from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
 
 from .layout import TokenLayout
 from .model import ImagePrior, PriorConfig
@@ -40,7 +40,7 @@ class PriorTrainConfig:
     token_cache_dir: str = "runs/token_cache"
     model: PriorConfig = field(default_factory=PriorConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     preview_per_class: int = 8               # preview grid: this many samples for each of up to 10 classes
     preview_guidance_scale: float = 2.0
@@ -70,9 +70,9 @@ class PriorTask(TrainTask):
 
     def training_step(self, model, batch, step):
         codes, labels = batch
-        loss = model(codes, labels if self.layout.conditional else None,
-                     drop_class_prob=self.config.model.class_dropout_prob)
-        return loss, {"bits_per_token": float(loss.detach()) / math.log(2)}
+        loss = model(codes, labels if self.layout.conditional else None,     # checked once, in the token cache
+                     drop_class_prob=self.config.model.class_dropout_prob, validate=False)
+        return loss, {"bits_per_token": loss.detach() / math.log(2)}
 
     @torch.no_grad()
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):

@@ -10,7 +10,10 @@ from torch.utils.data import TensorDataset
 
 from trainkit import checkpoint as ckpt
 from trainkit.hub import save_state_dict
-from trainkit.loop import LoopConfig, TrainingDiverged, TrainTask, lr_factor, resolve_mixed_precision, run_training
+from trainkit.devices import resolve_mixed_precision
+from trainkit.trainer import (
+    Part, TrainConfig, Trainer, TrainingDiverged, TrainTask, expected_total_steps, lr_factor, run_training,
+)
 
 
 class Regression(TrainTask):
@@ -69,7 +72,7 @@ def loop(**kw):
     base = dict(batch_size=16, lr=0.3, warmup_steps=2, max_steps=40, log_every=5, eval_every=20,
                 checkpoint_every=10, progress_bar=False, mixed_precision="no")
     base.update(kw)
-    return LoopConfig(**base)
+    return TrainConfig(**base)
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
@@ -127,11 +130,39 @@ def test_channels_last_trains_checkpoints_and_resumes(tmp_path):
         assert torch.equal(value, final[name])
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        run_training(Regression(nan_at=13), loop(), tmp_path)
+def test_nan_loss_stops_before_the_bad_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(Regression(nan_at=13), loop(), tmp_path)
+    with pytest.raises(TrainingDiverged, match="step 13 .*last good checkpoint"):
+        trainer.fit()
+    assert trainer.state.step == 13
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())   # the NaN step was not applied
     assert ckpt.find_checkpoint(tmp_path, "latest").name == "step-0000010"
     assert not (tmp_path / "final").exists()
+
+
+def test_the_first_step_runs_at_the_first_warm_up_rate(tmp_path):
+    # AdamW's first update moves every weight by lr (its normalised first moment is +-1), so the
+    # weights after one step show the rate that step actually used.
+    before = {k: v.clone() for k, v in Regression().model.state_dict().items()}
+    run_training(Regression(), loop(lr=0.3, warmup_steps=10, max_steps=1, log_every=1), tmp_path)
+    after = _weights(ckpt.step_dir(tmp_path / "checkpoints", 1) / "model.safetensors")
+    for name, value in before.items():
+        torch.testing.assert_close((after[name] - value).abs(), torch.full_like(value, 0.03), rtol=1e-4, atol=0)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train/lr"] == pytest.approx(0.03)   # the logged rate is the one used
+
+
+def test_progress_bar_counts_to_the_step_that_will_end_the_run(tmp_path):
+    cfg = loop(max_steps=1000, max_minutes=1.0)
+    assert expected_total_steps(0, 0.0, cfg) == 1000
+    assert expected_total_steps(10, 6.0, cfg) == 100          # 10 steps in 6 s: the 60 s cap ends it at 100
+    assert expected_total_steps(10, 0.1, cfg) == 1000         # fast enough for the step budget
+    assert expected_total_steps(10, 6.0, loop(max_steps=1000)) == 1000
+
+    trainer = Trainer(Regression(sleep=0.05), loop(max_steps=100_000, max_minutes=1.0 / 60, checkpoint_every=1000),
+                      tmp_path)
+    trainer.fit()
+    assert trainer.state.step <= trainer.bar.total <= 1.5 * trainer.state.step
 
 
 def test_wall_clock_budget_stops_the_run_and_anneals_lr(tmp_path):
@@ -153,7 +184,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
 
 
 def test_lr_schedule():
-    cfg = LoopConfig(warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0.0, 0, cfg) == pytest.approx(0.1)
     assert lr_factor(0.0, 9, cfg) == pytest.approx(1.0)
     assert lr_factor(0.5, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
@@ -221,3 +252,52 @@ def test_weight_ema_settings_are_checked(tmp_path):
     run_training(Regression(), loop(max_steps=10), tmp_path)          # a run without the average
     with pytest.raises(CheckpointError, match="ema.safetensors"):
         run_training(Regression(), loop(max_steps=20, ema_decay=0.99), tmp_path, resume="latest")
+
+
+class Adversary(Regression):
+    """The regression plus a one-weight critic with its own optimizer, from step 3 on. The model's
+    loss reads the critic (a term that would push the critic's weight down); the critic's own
+    loss pulls its weight up towards 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.critic = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(self.critic.weight)
+
+    def extra_parts(self):
+        return [Part("critic", self.critic, lr=0.01, warmup_steps=1, start_step=3)]
+
+    def training_step(self, model, batch, step, critic):
+        from accelerate.utils import extract_model_from_parallel
+
+        x, y = batch
+        one = torch.ones(1, 1)
+        model_loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y) + 1000 * extract_model_from_parallel(critic)(one).sum()
+        critic_loss = (critic(one) - 1).pow(2).sum()
+        return {"model": model_loss, "critic": critic_loss}, {"critic_weight": critic.weight.detach()[0, 0]}
+
+
+def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path):
+    import shutil
+
+    settings = dict(max_steps=6, checkpoint_every=1, keep_checkpoints=10, log_every=1)
+    full = tmp_path / "full"
+    run_training(Adversary(), loop(**settings), full)
+    critic = [_weights(ckpt.step_dir(full / "checkpoints", s) / "model_1.safetensors")["weight"].item()
+              for s in range(1, 7)]
+    assert critic[:3] == [0.0, 0.0, 0.0]                         # not trained before its start step
+    first = 0.01 * lr_factor(3 / 6, 0, loop(), warmup_steps=1)   # its own lr, warm-up from its start
+    assert critic[3] == pytest.approx(first, rel=1e-4)           # up: the model's loss did not reach it
+    assert critic[5] > critic[4] > critic[3]
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert rows[3]["train/critic_weight"] == 0.0 and rows[4]["train/critic_weight"] == pytest.approx(first, rel=1e-4)
+    assert all("train/critic_loss" in r for r in rows[:6])
+
+    part = tmp_path / "part"
+    shutil.copytree(ckpt.step_dir(full / "checkpoints", 4), ckpt.step_dir(part / "checkpoints", 4))
+    (part / "checkpoints" / "latest").write_text("step-0000004\n")
+    run_training(Adversary(), loop(**settings), part, resume="latest")
+    for name in ("model.safetensors", "model_1.safetensors"):
+        expected = _weights(ckpt.step_dir(full / "checkpoints", 6) / name)
+        for key, value in _weights(ckpt.step_dir(part / "checkpoints", 6) / name).items():
+            assert torch.equal(value, expected[key]), (name, key)
