@@ -190,6 +190,7 @@ def prior_nll(prior, tokenizer, data: DataConfig, split: str = "test", token_cac
     The grids come from `stage2_prior.tokens.build_token_splits` (encoded once, cached in
     `token_cache_dir`, shared with prior training when the data settings agree).
     """
+    from stage2_prior.evaluate import bits_per_token
     from stage2_prior.tokens import build_token_splits
 
     data = dataclasses.replace(data, val_split=split)
@@ -200,11 +201,8 @@ def prior_nll(prior, tokenizer, data: DataConfig, split: str = "test", token_cac
         raise ValueError(f"the tokenizer gives {held_out.grid} grids over {tokens.codebook_size} codes but the prior "
                          f"expects {layout.grid} over {layout.codebook_size}: they do not belong together")
     n = len(held_out) if max_grids is None else min(max_grids, len(held_out))
-    total = 0.0
-    for start in range(0, n, batch_size):
-        codes, labels = held_out.get_batch(torch.arange(start, min(start + batch_size, n)))
-        total += float(prior.image_nll(codes, labels if layout.conditional else None).sum())
-    bits = total / max(n, 1) / math.log(2)
+    batches = (held_out.get_batch(torch.arange(start, min(start + batch_size, n))) for start in range(0, n, batch_size))
+    bits, n = bits_per_token(prior, batches)
     return {"value": bits, "unit": "bits per token", "uniform_value": math.log2(layout.codebook_size),
             "reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
 

@@ -22,6 +22,7 @@ from trainkit.config import console_script
 from trainkit.data import DataConfig
 from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
 
+from .evaluate import bits_per_token
 from .layout import TokenLayout
 from .model import ImagePrior, PriorConfig
 from .sampling import sample_codes
@@ -77,14 +78,7 @@ class PriorTask(TrainTask):
     @torch.no_grad()
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):
         prior = accelerator.unwrap_model(model)
-        total, count = 0.0, 0
-        for codes, labels in loader:
-            with accelerator.autocast():
-                nll = prior.image_nll(codes, labels if self.layout.conditional else None)
-            nll = accelerator.gather_for_metrics(nll.float())
-            total += float(nll.sum())
-            count += nll.numel()
-        bits = total / max(count, 1) / math.log(2)
+        bits, count = bits_per_token(prior, loader, accelerator)
         uniform = math.log2(self.layout.codebook_size)
         metrics = {"bits_per_token": bits, "uniform_bits_per_token": uniform, "fraction_of_uniform": bits / uniform,
                    "num_images": float(count)}
