@@ -301,3 +301,27 @@ def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path)
         expected = _weights(ckpt.step_dir(full / "checkpoints", 6) / name)
         for key, value in _weights(ckpt.step_dir(part / "checkpoints", 6) / name).items():
             assert torch.equal(value, expected[key]), (name, key)
+
+
+def test_two_processes_train_both_parts_in_step(tmp_path):
+    import os
+    import sys
+
+    from conftest import REPO, run_module
+
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(29500 + (os.getpid() + 7) % 1000), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    run_module([str(REPO / "tests" / "two_part_task.py"), str(out)], env={"ACCELERATE_USE_CPU": "1"},
+               launcher=launcher)
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+    ranks = [_weights(out / f"rank{r}.safetensors") for r in (0, 1)]
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), name          # the ranks' different shards were averaged
+    torch.manual_seed(0)
+    torch.nn.Linear(4, 1)
+    initial_critic = torch.nn.Linear(1, 1).weight
+    assert not torch.equal(ranks[0]["critic.weight"], initial_critic)   # the critic trained too
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"] and "train/critic_loss" in rows[-1]
