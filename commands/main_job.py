@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     _check_overrides(parser, "--prior-override", args.prior_override)
     for config in (args.tokenizer_config, args.prior_config):
         if not config.is_file():
-            parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config")
+            parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config (the default "
+                         "recipes come with the package: reinstall it if they are missing)")
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_run, prior_run = out / "tokenizer", out / "prior"

@@ -17,12 +17,7 @@ def recipe_path(name: str) -> Path:
     try:
         found = importlib.resources.files(RECIPES_PACKAGE)
     except ModuleNotFoundError:
-        checkout = Path(__file__).resolve().parents[1] / "configs"
-        if not checkout.is_dir():
-            raise FileNotFoundError(
-                f"the recipes are not installed (no package {RECIPES_PACKAGE!r}); reinstall discrete-imagegen "
-                "(pip install .) or pass the recipe files explicitly") from None
-        return checkout.joinpath(*parts)
+        return Path(__file__).resolve().parents[1].joinpath("configs", *parts)
     for part in parts:           # one step at a time: a namespace package's root is not a plain path
         found = found / part
     return Path(str(found))
