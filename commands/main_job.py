@@ -196,9 +196,6 @@ def _check_overrides(parser: argparse.ArgumentParser, flag: str, overrides: list
             parser.error(f"{flag} {item!r}: {key} is set by the main job from --output-dir")
 
 
-_read_json = reuse.read_json
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagegen-main",
@@ -327,8 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
             write_model_card(pipeline_dir, eval_report=report)
             reuse.write_json(eval_record, eval_settings)
     metrics = {
-        "tokenizer": _read_json(tokenizer_run / "final" / "eval_metrics.json"),
-        "prior": _read_json(prior_run / "final" / "eval_metrics.json"),
+        "tokenizer": reuse.read_json(tokenizer_run / "final" / "eval_metrics.json"),
+        "prior": reuse.read_json(prior_run / "final" / "eval_metrics.json"),
         "pipeline": report,
         "artefacts": {"tokenizer": str(tokenizer_run / "final"), "prior": str(prior_run / "final"),
                       "pipeline": str(pipeline_dir), "class_grid": str(grid_path)},
