@@ -1,5 +1,5 @@
 """Evaluation: feature networks, sample-quality metrics, cached reference statistics and the
-`imagegen-evaluate` command."""
+evaluation of tokenizers and pipelines (the `imagegen-evaluate` command is `commands.evaluate`)."""
 
 from .features import (
     FEATURE_NETWORKS,

@@ -230,7 +230,7 @@ class InceptionFID(FeatureNetwork):
     TensorFlow's preprocessing of 8-bit pixels p, (p - 128) / 128, i.e. [-1, 0.9921875] (the
     wheel's `INPUT_RANGE_TF`, as in torch-fidelity and torchmetrics). Grayscale is repeated
     to RGB and images are resized to 299x299 bilinearly (half-pixel centres, antialiased when
-    shrinking) before that mapping. About 3-9 images/s on one CPU core.
+    shrinking) before that mapping. It is slow on a CPU (see the README's evaluation section).
     """
 
     name = "inception_v3_fid"

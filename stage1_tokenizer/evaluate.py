@@ -1,24 +1,13 @@
-"""Reconstruction metrics of a trained tokenizer over a whole split.
-
-    python -m stage1_tokenizer.evaluate runs/tokenizer_vq/final --split test
-
-prints (and optionally writes) JSON: MSE and PSNR on [0, 1], codebook usage and perplexity.
+"""Reconstruction metrics of a tokenizer over a whole split: MSE and PSNR on [0, 1], codebook
+usage and perplexity (the trainer's validation; `imagegen-evaluate tokenizer` reports them too).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
-
-from trainkit.config import console_script
-from trainkit.data import DataConfig, load_split
 
 from .model import ImageTokenizer
 from .quantizers import perplexity
@@ -70,44 +59,3 @@ def reconstruction_metrics(
         "num_images": float(n),
     }
     return metrics, first
-
-
-def evaluate_split(tokenizer: ImageTokenizer, data: DataConfig, split: str = "test", batch_size: int = 500
-                   ) -> dict[str, float]:
-    """Reconstruction metrics of `tokenizer` on a named split of `data`."""
-    dataset = load_split(data, split, downsample_factor=tokenizer.config.downsample_factor)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    start = time.perf_counter()
-    metrics, _ = reconstruction_metrics(tokenizer.eval(), loader)
-    metrics["seconds"] = time.perf_counter() - start
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog="stage1_tokenizer.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="a saved tokenizer directory or hub repo id")
-    parser.add_argument("--dataset", default="fashion_mnist", help="data source (see data.dataset)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--output", help="also write the JSON report here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tokenizer = ImageTokenizer.from_pretrained(args.model)
-    data = DataConfig(dataset=args.dataset, channels=tokenizer.config.in_channels,
-                      image_size=tokenizer.config.image_size)
-    metrics = evaluate_split(tokenizer, data, args.split, args.batch_size)
-    report = {"model": str(args.model), "dataset": args.dataset, "split": args.split, **metrics}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return report
-
-
-cli = console_script(main)
-
-
-if __name__ == "__main__":
-    main()

@@ -36,8 +36,8 @@ class PriorConfig:
     class_dropout_prob: float = 0.1            # conditional training: class -> null token, for guidance
     tie_word_embeddings: bool = False
     # Attention kernel while training. For these short sequences on a CPU, the plain ("eager")
-    # attention trains about 1.7x faster than "sdpa", whose backward dominated the step. Saved
-    # priors load with transformers' default.
+    # attention trains faster than "sdpa" (figures in the README). Saved priors load with
+    # transformers' default.
     attn_implementation: Literal["eager", "sdpa"] = "eager"
 
     def __post_init__(self):

@@ -12,9 +12,8 @@ import torch
 
 from evalkit import features as features_module
 from evalkit.classifier import load_classifier
-from evalkit.evaluate import (
-    balanced_labels, evaluate_images, evaluate_tokenizer, main as evaluate_entry, prior_nll, run as evaluate_main,
-)
+from commands.evaluate import main as evaluate_entry, run as evaluate_main
+from evalkit.evaluate import balanced_labels, evaluate_images, evaluate_tokenizer, prior_nll
 from evalkit.features import (
     INCEPTION_INSTALL,
     WEIGHTS_DIR,
@@ -356,10 +355,14 @@ def test_tokenizer_command_writes_a_report(tiny_tokenizer_dir, digits_parquet, t
         assert figure["num_samples"] == 297
     assert saved["metrics"]["rfid"]["feature_network"].startswith("fashion_mnist_classifier@")
     assert saved["metrics"]["rfid"]["value"] > 0 and 0 < saved["metrics"]["codebook_usage"]["value"] <= 1
-    # the same figures as the reconstruction-only command
-    from stage1_tokenizer.evaluate import main as old_main
+    # the same figures as the trainer's validation on that split
+    from stage1_tokenizer import ImageTokenizer
+    from stage1_tokenizer.evaluate import reconstruction_metrics
 
-    old = old_main([str(tiny_tokenizer_dir), "--dataset", str(digits_parquet), "--split", "test"])
+    tokenizer = ImageTokenizer.from_pretrained(tiny_tokenizer_dir)
+    split = load_split(DataConfig(dataset=str(digits_parquet), channels=1, image_size=8), "test",
+                       downsample_factor=tokenizer.config.downsample_factor)
+    old, _ = reconstruction_metrics(tokenizer, torch.utils.data.DataLoader(split, batch_size=500))
     assert old["psnr"] == pytest.approx(saved["metrics"]["psnr"]["value"], rel=1e-5)
     table = capsys.readouterr().out
     assert "rfid" in table and "feature network" in table

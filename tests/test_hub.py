@@ -91,7 +91,7 @@ def test_push_command_uploads_a_saved_directory(hub, tmp_path):
                                latent_channels=8, codebook_size=32)
     ImageTokenizer(cfg).save_pretrained(tmp_path / "tok")
     client(hub, tmp_path / "home", f"""
-        from trainkit.hub import push_main
+        from commands.push import push_main
         url = push_main(["{tmp_path / 'tok'}", "user/pushed", "--message", "first"])
         assert "user/pushed" in url, url
         from huggingface_hub import HfApi
@@ -100,6 +100,6 @@ def test_push_command_uploads_a_saved_directory(hub, tmp_path):
         ImageTokenizer.from_pretrained("user/pushed")
     """)
     with pytest.raises(SystemExit):
-        from trainkit.hub import push_main
+        from commands.push import push_main
         (tmp_path / "empty").mkdir()
         push_main([str(tmp_path / "empty"), "user/x"])  # not a saved model directory

@@ -6,6 +6,7 @@ pipeline is then generated from, reassembled, pushed and loaded back.
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,25 @@ import pytest
 from conftest import TINY_PRIOR, TINY_TOKENIZER, run_module
 from hubserver import LocalHub, client
 from pipelines import Pipeline
-from pipelines.cli import assemble_main, generate_main
+from commands.pipeline_cli import assemble_main, generate_main
 
 STEPS = "train.max_steps=20"
 
 
-def main_job(out: Path, data: Path) -> subprocess.CompletedProcess:
-    return run_module(["-m", "pipelines.main_job", "--output-dir", str(out), "--data", str(data),
-                       "--tokenizer-override", *TINY_TOKENIZER, STEPS, "--prior-override", *TINY_PRIOR, STEPS])
+def job_args(out: Path, data: Path, tokenizer: tuple[str, ...] = (), prior: tuple[str, ...] = ()) -> list[str]:
+    return ["--output-dir", str(out), "--data", str(data), "--tokenizer-override", *TINY_TOKENIZER, STEPS,
+            *tokenizer, "--prior-override", *TINY_PRIOR, STEPS, *prior]
+
+
+def main_job(out: Path, data: Path, *extra: str, check: bool = True, **changed) -> subprocess.CompletedProcess:
+    return run_module(["-m", "commands.main_job", *job_args(out, data, **changed), *extra], check=check)
+
+
+def copy_run(main_run, tmp_path: Path) -> Path:
+    """A copy of the module's finished main job, to rerun with other settings."""
+    out = tmp_path / "main"
+    shutil.copytree(main_run[0], out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +92,7 @@ def test_main_job_rerun_skips_finished_stages(main_run, digits_parquet):
 
 def test_main_job_evaluation_hook(main_run, digits_parquet, monkeypatch, capsys):
     """`evaluate_pipeline`'s report lands in the pipeline's card and in metrics.json, and is not redone."""
-    from pipelines import main_job
+    from commands import main_job
 
     out, _ = main_run
     calls = []
@@ -90,7 +102,7 @@ def test_main_job_evaluation_hook(main_run, digits_parquet, monkeypatch, capsys)
         return {"fid": {"value": 99.5, "feature_network": "test features", "n": 10}}
 
     monkeypatch.setattr(main_job, "evaluate_pipeline", evaluate)
-    argv = ["--output-dir", str(out), "--data", str(digits_parquet), "--seed", "4"]
+    argv = [*job_args(out, digits_parquet), "--seed", "4"]
     metrics = main_job.main(argv)
     assert calls == [(out / "pipeline", out, 4)]
     assert metrics["pipeline"]["fid"]["value"] == 99.5
@@ -98,12 +110,14 @@ def test_main_job_evaluation_hook(main_run, digits_parquet, monkeypatch, capsys)
     assert "| fid | 99.5 | test features | 10 |" in (out / "pipeline" / "README.md").read_text()
     assert main_job.main(argv)["pipeline"]["fid"]["value"] == 99.5 and len(calls) == 1
     assert "evaluation: " in capsys.readouterr().out
+    main_job.main([*argv, "--eval-samples", "100"])                       # other settings: evaluated again
+    assert len(calls) == 2
 
 
 def test_an_interrupted_stage_resumes_and_a_finished_one_is_skipped(tmp_path, monkeypatch, capsys):
     """The stage launcher: `resume=latest` after a checkpoint, skipping once `final/` is complete,
     a clear error when the training process fails (the process itself is faked here)."""
-    from pipelines import main_job
+    from commands import main_job
 
     run = tmp_path / "prior"
     checkpoint = run / "checkpoints" / "step-0000040"
@@ -138,8 +152,104 @@ def test_an_interrupted_stage_resumes_and_a_finished_one_is_skipped(tmp_path, mo
         main_job.run_stage(*stage)
 
 
+def test_a_changed_override_stops_the_rerun_and_names_the_change(main_run, digits_parquet, tmp_path):
+    out = copy_run(main_run, tmp_path)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    stamps = [f.stat().st_mtime_ns for f in files]
+    result = main_job(out, digits_parquet, check=False, tokenizer=("model.codebook_size=16",))
+    assert result.returncode != 0 and "accelerate.commands.launch" not in result.stdout
+    assert f"the tokenizer stage in {out / 'tokenizer'} was trained with other settings" in result.stderr
+    assert "model.codebook_size: 32 -> 16" in result.stderr
+    assert "--output-dir" in result.stderr and "--retrain-changed" in result.stderr
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # a recipe file that changed is a change too, as is the tokenizer the prior was trained on
+    recipe = tmp_path / "prior.yaml"
+    recipe.write_text(main_job_recipe("prior").read_text().replace("weight_decay: 0.05", "weight_decay: 0.5"))
+    result = main_job(out, digits_parquet, "--prior-config", str(recipe), check=False)
+    assert "the prior stage" in result.stderr and "train.weight_decay: 0.05 -> 0.5" in result.stderr
+    (out / "prior" / "main_job_inputs.json").write_text('{"tokenizer weights (sha256)": "another"}')
+    result = main_job(out, digits_parquet, check=False)
+    assert 'tokenizer weights (sha256): "another" -> "' in result.stderr
+
+
+def main_job_recipe(stage: str) -> Path:
+    from commands import main_job
+
+    return main_job.DEFAULT_TOKENIZER_CONFIG if stage == "tokenizer" else main_job.DEFAULT_PRIOR_CONFIG
+
+
+def test_retrain_changed_replaces_the_stale_stage_and_everything_above(main_run, digits_parquet, tmp_path):
+    out = copy_run(main_run, tmp_path)
+    tokenizer_weights = (out / "tokenizer" / "final" / "model.safetensors").read_bytes()
+    old_prior = (out / "prior" / "final" / "model.safetensors").read_bytes()
+    result = main_job(out, digits_parquet, "--retrain-changed", prior=("train.max_steps=10",))
+    assert "tokenizer: " in result.stdout and result.stdout.count("accelerate.commands.launch") == 1
+    assert "-m stage2_prior.train" in result.stdout and "train.max_steps: 20 -> 10" in result.stdout
+    assert json.loads((out / "prior" / "final" / "eval_metrics.json").read_text())["step"] == 10
+    assert (out / "tokenizer" / "final" / "model.safetensors").read_bytes() == tokenizer_weights
+    replaced, = (out / "replaced").iterdir()
+    assert {p.name for p in replaced.iterdir()} >= {"prior", "pipeline", "class_grid.png"}
+    assert (replaced / "prior" / "final" / "model.safetensors").read_bytes() == old_prior
+    assert "pipeline: saved to" in result.stdout and "class grid: " in result.stdout
+    again = main_job(out, digits_parquet, prior=("train.max_steps=10",))       # now unchanged: all reused
+    assert again.stdout.count("is complete, skipping") == 2 and again.stdout.count("is up to date, skipping") == 2
+
+
+def test_a_new_seed_redraws_the_class_grid_only(main_run, digits_parquet, tmp_path, capsys):
+    from commands import main_job
+
+    out = copy_run(main_run, tmp_path)
+    grid, manifest = out / "class_grid.png", out / "pipeline" / "pipeline.json"
+    before = grid.read_bytes(), manifest.stat().st_mtime_ns
+    main_job.main([*job_args(out, digits_parquet), "--seed", "7", "--eval-samples", "0"])
+    printed = capsys.readouterr().out
+    assert "pipeline: " in printed and f"pipeline: {out / 'pipeline'} is up to date" in printed
+    assert "class grid: " in printed and "class grid: " + str(grid) + " is up to date" not in printed
+    assert grid.read_bytes() != before[0] and manifest.stat().st_mtime_ns == before[1]
+    assert json.loads((out / "class_grid.json").read_text())["seed"] == 7
+    main_job.main([*job_args(out, digits_parquet), "--seed", "7", "--eval-samples", "0"])
+    assert f"class grid: {grid} is up to date" in capsys.readouterr().out
+
+
+def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch, capsys):
+    """`check_stage` against the trainer's run_config.json: the same settings resume; other
+    settings are refused with the changed keys; keys that cannot change the model are ignored."""
+    from commands import main_job, reuse
+    from stage1_tokenizer.train import TokenizerTrainConfig
+
+    out, run = tmp_path, tmp_path / "tokenizer"
+    (run / "checkpoints" / "step-0000020").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000020" / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step-0000020\n")
+    recipe, overrides = main_job.DEFAULT_TOKENIZER_CONFIG, ["train.lr=0.003", "model.codebook_size=32"]
+    recorded = main_job.resolve_stage_config(TokenizerTrainConfig, recipe, main_job.stage_arguments(run, overrides))
+    recorded["model"]["image_size"] = 8                                  # set from the data by the trainer
+    (run / "run_config.json").write_text(json.dumps(recorded))
+    ignore = (*reuse.IGNORED_KEYS, *main_job.TOKENIZER_DERIVED_KEYS)
+
+    def check(*extra: str, replace: bool = False) -> None:
+        wanted = main_job.resolve_stage_config(TokenizerTrainConfig, recipe,
+                                               main_job.stage_arguments(run, [*overrides, *extra]))
+        main_job.check_stage("tokenizer", run, wanted, {}, ignore, out, replace, [out / "prior"])
+
+    check("train.progress_bar=false", "train.log_every=1")                # nothing that matters changed
+    calls = []
+    monkeypatch.setattr(main_job.subprocess, "run", lambda cmd, env: calls.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(main_job.StageFailed):
+        main_job.run_stage("tokenizer", "stage1_tokenizer.train", recipe, run, overrides, "")
+    assert "resume=latest" in calls[0] and "tokenizer: resuming from" in capsys.readouterr().out
+    with pytest.raises(main_job.StageChanged) as info:
+        check("train.lr=0.001", "train.max_steps=7")
+    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 100000 -> 7" in str(info.value)
+    assert "model.image_size" not in str(info.value) and "--retrain-changed" in str(info.value)
+    check("train.lr=0.001", replace=True)                                 # moved aside: a fresh start
+    assert not run.exists() and list((out / "replaced").glob("*/tokenizer/checkpoints/latest"))
+
+
 def test_main_job_rejects_overrides_it_owns(tmp_path, capsys):
-    from pipelines import main_job
+    from commands import main_job
 
     with pytest.raises(SystemExit):
         main_job.main(["--output-dir", str(tmp_path), "--prior-override", "tokenizer=elsewhere"])
@@ -156,7 +266,7 @@ def test_main_job_rejects_overrides_it_owns(tmp_path, capsys):
 def test_generate_command(main_run, tmp_path, capsys):
     out, _ = main_run
     pipeline = out / "pipeline"
-    run_module(["-m", "pipelines.cli", "generate", str(pipeline), "--class-labels", "3", "7", "1", "0",
+    run_module(["-m", "commands.pipeline_cli", "generate", str(pipeline), "--class-labels", "3", "7", "1", "0",
                 "--seed", "5", "--output-dir", str(tmp_path / "pngs"), "--no-progress"])
     files = sorted(p.name for p in (tmp_path / "pngs").iterdir())
     assert files == ["00000_3.png", "00001_7.png", "00002_1.png", "00003_0.png"]
@@ -213,7 +323,7 @@ def test_push_and_load_from_the_hub(main_run, tmp_path):
         pushed = client(hub, tmp_path / "home_push", f"""
             from huggingface_hub import HfApi
             from pipelines import Pipeline
-            from trainkit.hub import push_main
+            from commands.push import push_main
             url = Pipeline.from_pretrained("{local}").push_to_hub("user/digits-pipe", commit_message="first")
             print("URL", url)
             push_main(["{local}", "user/digits-dir"])                          # imagegen-push of the directory

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_TOKENIZER, run_module
 from stage1_tokenizer import ImageTokenizer
-from stage1_tokenizer.evaluate import main as evaluate_main
+from commands.evaluate import run as evaluate_main
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -50,13 +50,14 @@ def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, re
     assert final_metrics["step"] == 60
     assert json.loads((out / "run_info.json").read_text())["mixed_precision"] == precision
     # the evaluation command reproduces the final validation figures on the same split
-    report = evaluate_main([str(out / "final"), "--dataset", str(digits_parquet), "--split", "test",
-                            "--output", str(tmp_path / "report.json")])
-    assert report["num_images"] == 297
-    assert json.loads((tmp_path / "report.json").read_text())["psnr"] == report["psnr"]
+    report = evaluate_main(["tokenizer", str(out / "final"), "--dataset", str(digits_parquet), "--split", "test",
+                            "--metrics", "mse,psnr,usage", "--output", str(tmp_path / "report.json")])
+    figures = {name: figure["value"] for name, figure in report["metrics"].items()}
+    assert report["metrics"]["psnr"]["num_samples"] == 297
+    assert json.loads((tmp_path / "report.json").read_text())["metrics"]["psnr"]["value"] == figures["psnr"]
     if precision == "no":
-        assert report["psnr"] == pytest.approx(final_metrics["psnr"], abs=1e-3)
-        assert report["codebook_usage"] == final_metrics["codebook_usage"]
+        assert figures["psnr"] == pytest.approx(final_metrics["psnr"], abs=1e-3)
+        assert figures["codebook_usage"] == final_metrics["codebook_usage"]
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(digits_parquet, tmp_path):

@@ -158,10 +158,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
-def save_config(obj, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-
-
 def console_script(main):
     """Wrap a command's `main(argv)` for `[project.scripts]`.
 

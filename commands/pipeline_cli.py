@@ -1,10 +1,10 @@
-"""Command-line entry points of the pipelines.
+"""Command-line entry points of the pipelines: `imagegen-generate` and `imagegen-assemble`.
 
     imagegen-generate PIPELINE_PATH_OR_REPO --per-class 8 --seed 0 --output grid.png
     imagegen-generate PIPELINE_PATH_OR_REPO --num-images 100 --class-labels Sneaker --output-dir samples/
     imagegen-assemble --tokenizer runs/tokenizer_vq/final --prior runs/prior/final --output my_pipeline
 
-Both also run as `python -m pipelines.cli generate ...` and `python -m pipelines.cli assemble ...`.
+Both also run as `python -m commands.pipeline_cli generate ...` and `python -m commands.pipeline_cli assemble ...`.
 Pushing a saved pipeline directory is `imagegen-push DIR OWNER/NAME` (one commit).
 """
 
@@ -67,7 +67,7 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
     if args.per_class is not None and args.num_images is not None:
         parser.error("--per-class sets the number of images: drop --num-images")
 
-    from .pipeline import Pipeline, format_images
+    from pipelines.pipeline import Pipeline, format_images
 
     try:
         pipe = Pipeline.from_pretrained(args.pipeline, revision=args.revision, device=args.device)
@@ -123,7 +123,7 @@ def assemble_main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--repo-id", default=None, help="the hub id to show in the card's usage snippet")
     args = parser.parse_args(argv)
 
-    from .pipeline import Pipeline
+    from pipelines.pipeline import Pipeline
 
     try:
         pipe = Pipeline.from_components(args.tokenizer, args.prior, default_guidance_scale=args.guidance_scale)
@@ -139,10 +139,10 @@ COMMANDS = {"generate": generate_main, "assemble": assemble_main}
 
 
 def main(argv: list[str] | None = None):
-    """`python -m pipelines.cli {generate,assemble} ...`"""
+    """`python -m commands.pipeline_cli {generate,assemble} ...`"""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        sys.exit(f"usage: python -m pipelines.cli {{{','.join(COMMANDS)}}} ...  (-h after a command for its options)")
+        sys.exit(f"usage: python -m commands.pipeline_cli {{{','.join(COMMANDS)}}} ...  (-h after a command for its options)")
     return COMMANDS[argv[0]](argv[1:])
 
 

@@ -1,22 +1,29 @@
 """The whole recipe in one command: tokenizer, prior, pipeline, class grid, metrics.
 
-    imagegen-main                                    # or: python -m pipelines.main_job
+    imagegen-main                                    # or: python -m commands.main_job
     imagegen-main --output-dir runs/main --launch-args "--multi_gpu --num_processes 8"
 
 Stages, each in `--output-dir` (default `runs/main`):
 
-1. `tokenizer/`: `stage1_tokenizer.train` with `configs/tokenizer/fashion_mnist_vq.yaml`
-2. `prior/`: `stage2_prior.train` with `configs/prior/fashion_mnist.yaml` on the stage 1 tokenizer
+1. `tokenizer/`: `stage1_tokenizer.train` with the recipe `configs/tokenizer/fashion_mnist_vq.yaml`
+2. `prior/`: `stage2_prior.train` with the recipe `configs/prior/fashion_mnist.yaml` on the stage 1 tokenizer
    (its token dataset is cached in `token_cache/`)
 3. `pipeline/`: the two assembled into a pipeline directory (manifest, model card, sample grid)
 4. `class_grid.png`: one row per class (10 x 10 by default)
 5. `metrics.json`: the training runs' final validation metrics and the pipeline evaluation
 
 Training stages run as `accelerate launch` subprocesses (`--launch-args`, default one
-process). A stage whose `final/` is complete is skipped; an interrupted stage resumes from its
-last checkpoint (`resume=latest`). Assembly and the grid are redone when a stage below them
-has changed. `--tokenizer-override` / `--prior-override` take `key=value` overrides of the
-recipes (repeatable), e.g. `train.max_steps=2000` or `data.dataset=path/to/images`.
+process). The recipes ship with the package (`imagegen_recipes`, the repository's `configs/`).
+A stage is reused only when its configuration, resolved here as the training command will
+resolve it, matches the `run_config.json` of its earlier run (and, for the prior, when the
+tokenizer's weights are the ones it was trained on): a complete stage is skipped, an
+interrupted one resumes from its last checkpoint (`resume=latest`). When they differ the job
+stops and names the changed keys; `--retrain-changed` moves the stale stage and every stage
+above it into `replaced/` and trains again. The pipeline, the class grid and the evaluation
+are redone when the components or the settings they were made from changed (records beside
+them: `pipeline_inputs.json`, `class_grid.json`, `evaluation_settings.json`).
+`--tokenizer-override` / `--prior-override` take `key=value` overrides of the recipes
+(repeatable), e.g. `train.max_steps=2000` or `data.dataset=path/to/images`.
 """
 
 from __future__ import annotations
@@ -28,23 +35,37 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from trainkit.checkpoint import find_checkpoint
-from trainkit.config import console_script
+from trainkit.config import ConfigError, console_script, load_config, to_dict
 from trainkit.hub import CheckpointError, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TOKENIZER_CONFIG = REPO / "configs" / "tokenizer" / "fashion_mnist_vq.yaml"
-DEFAULT_PRIOR_CONFIG = REPO / "configs" / "prior" / "fashion_mnist.yaml"
+from . import reuse
+from .recipes import recipe_path
+
+DEFAULT_TOKENIZER_CONFIG = recipe_path("tokenizer/fashion_mnist_vq.yaml")
+DEFAULT_PRIOR_CONFIG = recipe_path("prior/fashion_mnist.yaml")
 # One process using every core: `accelerate launch` alone gives a CPU process a single thread.
 DEFAULT_LAUNCH_ARGS = (f"--num_processes 1 --num_machines 1 --num_cpu_threads_per_process {os.cpu_count() or 1} "
                        "--mixed_precision no --dynamo_backend no")
-RESERVED_KEYS = {"output_dir", "tokenizer", "token_cache_dir"}   # set by the job from --output-dir
+RESERVED_KEYS = ("output_dir", "tokenizer", "token_cache_dir")   # set by the job from --output-dir
+# What a pipeline's samples depend on: its manifest and components (not its card or evaluation report).
+PIPELINE_CONTENT = ("pipeline.json", "tokenizer", "prior")
+
+
+# Set by the tokenizer's training task from the data (`data.*` is compared instead).
+TOKENIZER_DERIVED_KEYS = ("model.in_channels", "model.image_size")
+TOKENIZER_WEIGHTS_KEY = "tokenizer weights (sha256)"
 
 
 class StageFailed(RuntimeError):
     """A training stage's process ended with an error."""
+
+
+class StageChanged(RuntimeError):
+    """A stage's earlier run in the output directory was trained with other settings."""
 
 
 DEFAULT_EVAL_METRICS = "fid,is,pr,accuracy"
@@ -96,6 +117,11 @@ def stage_env() -> dict[str, str]:
     return env
 
 
+def stage_arguments(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The `key=value` arguments of a stage's training command."""
+    return [f"output_dir={run_dir}", "resume=latest", *overrides]
+
+
 def run_stage(name: str, module: str, config: Path, run_dir: Path, overrides: list[str], launch_args: str) -> bool:
     """Train one stage unless it is complete; returns True if it ran."""
     if stage_complete(run_dir):
@@ -104,7 +130,7 @@ def run_stage(name: str, module: str, config: Path, run_dir: Path, overrides: li
     resume_from = find_checkpoint(run_dir, "latest") if run_dir.is_dir() else None
     if resume_from is not None:
         print(f"[main] {name}: resuming from {resume_from}", flush=True)
-    cmd = launch_command(module, config, [f"output_dir={run_dir}", "resume=latest", *overrides], launch_args)
+    cmd = launch_command(module, config, stage_arguments(run_dir, overrides), launch_args)
     print(f"[main] {name}: {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
     result = subprocess.run(cmd, env=stage_env())
@@ -118,6 +144,49 @@ def run_stage(name: str, module: str, config: Path, run_dir: Path, overrides: li
     return True
 
 
+def has_run(run_dir: Path) -> bool:
+    """An earlier run of a stage left something to reuse or resume in `run_dir`."""
+    return run_dir.is_dir() and ((run_dir / "final").exists() or (run_dir / reuse.RUN_CONFIG_NAME).exists()
+                                 or find_checkpoint(run_dir, "latest") is not None)
+
+
+def resolve_stage_config(config_cls: type, recipe: Path, overrides: list[str]) -> dict:
+    """The stage's configuration as its training command resolves it (`load_config` + `to_dict`)."""
+    return to_dict(load_config(config_cls, recipe, overrides))
+
+
+def stage_changed_message(name: str, run_dir: Path, lines: list[str], out: Path) -> str:
+    return (f"the {name} stage in {run_dir} was trained with other settings than this run asks for:\n  "
+            + "\n  ".join(lines)
+            + f"\nTo keep that run, pass another --output-dir (e.g. {out}-new). To replace it, rerun with "
+              f"--retrain-changed: the stale {name} stage and every stage above it are moved to "
+              f"{out / 'replaced'}/ and trained again")
+
+
+def check_stage(name: str, run_dir: Path, config: dict, inputs: dict, ignore: tuple[str, ...], out: Path,
+                replace: bool, above: list[Path]) -> None:
+    """Raise `StageChanged` when the stage's earlier run differs from the one asked for; with
+    `replace`, move it and the outputs `above` it aside instead."""
+    lines = reuse.stage_changes(run_dir, config, inputs, has_run(run_dir), ignore)
+    if not lines:
+        return
+    if not replace:
+        raise StageChanged(stage_changed_message(name, run_dir, lines, out))
+    print(f"[main] {name}: trained with other settings ({'; '.join(lines)}): retraining", flush=True)
+    move_aside(out, [run_dir, *above])
+
+
+def move_aside(out: Path, paths: list[Path]) -> Path:
+    """Move the existing `paths` into `out/replaced/<UTC time>/`; returns that directory."""
+    target = out / "replaced" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    for path in paths:
+        if path.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            path.rename(target / path.name)
+            print(f"[main] moved {path} to {target / path.name}", flush=True)
+    return target
+
+
 def _check_overrides(parser: argparse.ArgumentParser, flag: str, overrides: list[str]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
@@ -125,18 +194,6 @@ def _check_overrides(parser: argparse.ArgumentParser, flag: str, overrides: list
             parser.error(f"{flag} {item!r} is not of the form key=value")
         if key in RESERVED_KEYS:
             parser.error(f"{flag} {item!r}: {key} is set by the main job from --output-dir")
-
-
-def _newer(path: Path, *sources: Path) -> bool:
-    """`path` exists and was written after every source."""
-    return path.exists() and all(path.stat().st_mtime >= s.stat().st_mtime for s in sources)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"metrics of imagegen-evaluate pipeline (default {DEFAULT_EVAL_METRICS})")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch threads for assembly and sampling in this process")
+    parser.add_argument("--retrain-changed", action="store_true",
+                        help="when a stage in --output-dir was trained with other settings, move it and every "
+                             "stage above it to OUTPUT_DIR/replaced/ and train again (default: stop and say what "
+                             "changed)")
     return parser
 
 
@@ -181,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     _check_overrides(parser, "--prior-override", args.prior_override)
     for config in (args.tokenizer_config, args.prior_config):
         if not config.is_file():
-            parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config")
+            parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config (the default "
+                         "recipes come with the package: reinstall it if they are missing)")
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_run, prior_run = out / "tokenizer", out / "prior"
@@ -193,42 +255,66 @@ def main(argv: list[str] | None = None) -> dict:
     prior_overrides = [f"tokenizer={tokenizer_run / 'final'}", f"token_cache_dir={out / 'token_cache'}", *common,
                        *([f"train.max_minutes={args.prior_minutes}"] if args.prior_minutes is not None else []),
                        *args.prior_override]
+    from stage1_tokenizer.train import TokenizerTrainConfig
+    from stage2_prior.train import PriorTrainConfig
+
+    grid_record, pipeline_record = out / "class_grid.json", out / "pipeline_inputs.json"
+    eval_record = out / "evaluation_settings.json"
+    derived = [pipeline_dir, grid_path, grid_record, pipeline_record, eval_record]
     try:
+        config = resolve_stage_config(TokenizerTrainConfig, args.tokenizer_config,
+                                      stage_arguments(tokenizer_run, tokenizer_overrides))
+        check_stage("tokenizer", tokenizer_run, config, {}, (*reuse.IGNORED_KEYS, *TOKENIZER_DERIVED_KEYS), out,
+                    args.retrain_changed, [prior_run, *derived])
         run_stage("tokenizer", "stage1_tokenizer.train", args.tokenizer_config, tokenizer_run, tokenizer_overrides,
                   args.launch_args)
+        config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
+        inputs = {TOKENIZER_WEIGHTS_KEY: reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")}
+        check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS), out,
+                    args.retrain_changed, derived)
+        prior_run.mkdir(parents=True, exist_ok=True)
+        reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
         run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
-    except StageFailed as err:
+    except (ConfigError, StageFailed, StageChanged) as err:
         sys.exit(f"imagegen-main: error: {err}")
 
     import torch
 
-    from .card import EVAL_REPORT_NAME, load_eval_report, write_model_card
-    from .pipeline import MANIFEST_NAME, Pipeline
+    from pipelines.card import EVAL_REPORT_NAME, load_eval_report, write_model_card
+    from pipelines.pipeline import MANIFEST_NAME, Pipeline
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    weights = [tokenizer_run / "final" / "model.safetensors", prior_run / "final" / "model.safetensors"]
+    components = {name: reuse.file_sha256(run / "final" / "model.safetensors")
+                  for name, run in (("tokenizer", tokenizer_run), ("prior", prior_run))}
     try:
         pipe = None
-        if _newer(pipeline_dir / MANIFEST_NAME, *weights):
+        if (pipeline_dir / MANIFEST_NAME).is_file() and reuse.settings_match(pipeline_record, components):
             print(f"[main] pipeline: {pipeline_dir} is up to date, skipping", flush=True)
         else:
             (pipeline_dir / EVAL_REPORT_NAME).unlink(missing_ok=True)    # it described the previous components
             pipe = Pipeline.from_components(tokenizer_run / "final", prior_run / "final")
             pipe.save_pretrained(pipeline_dir)
+            reuse.write_json(pipeline_record, components)
             print(f"[main] pipeline: saved to {pipeline_dir}", flush=True)
-        if _newer(grid_path, pipeline_dir / MANIFEST_NAME):
+        pipeline_id = reuse.tree_fingerprint(pipeline_dir, PIPELINE_CONTENT)
+        grid_settings = {"pipeline": pipeline_id, "per_class": args.per_class, "seed": args.seed,
+                         "guidance_scale": args.guidance_scale}
+        if grid_path.is_file() and reuse.settings_match(grid_record, grid_settings):
             print(f"[main] class grid: {grid_path} is up to date, skipping", flush=True)
         else:
             pipe = pipe or Pipeline.from_pretrained(pipeline_dir)
             pipe.sample_grid(grid_path, per_class=args.per_class, seed=args.seed, guidance_scale=args.guidance_scale,
                              progress=True)
+            reuse.write_json(grid_record, grid_settings)
             caption = pipe.grid_caption(args.per_class, args.seed, args.guidance_scale)
             print(f"[main] class grid: {grid_path} ({caption})", flush=True)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         sys.exit(f"imagegen-main: error: {err}")
 
-    if _newer(pipeline_dir / EVAL_REPORT_NAME, pipeline_dir / MANIFEST_NAME):
+    eval_settings = {"pipeline": pipeline_id, "seed": args.seed, "num_samples": args.eval_samples,
+                     "metrics": args.eval_metrics, "dataset": args.data}
+    if (pipeline_dir / EVAL_REPORT_NAME).is_file() and reuse.settings_match(eval_record, eval_settings):
         print(f"[main] evaluation: {pipeline_dir / EVAL_REPORT_NAME} is up to date, skipping", flush=True)
         report = load_eval_report(pipeline_dir / EVAL_REPORT_NAME)
     else:
@@ -236,9 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    metrics=args.eval_metrics, dataset=args.data)
         if report is not None:
             write_model_card(pipeline_dir, eval_report=report)
+            reuse.write_json(eval_record, eval_settings)
     metrics = {
-        "tokenizer": _read_json(tokenizer_run / "final" / "eval_metrics.json"),
-        "prior": _read_json(prior_run / "final" / "eval_metrics.json"),
+        "tokenizer": reuse.read_json(tokenizer_run / "final" / "eval_metrics.json"),
+        "prior": reuse.read_json(prior_run / "final" / "eval_metrics.json"),
         "pipeline": report,
         "artefacts": {"tokenizer": str(tokenizer_run / "final"), "prior": str(prior_run / "final"),
                       "pipeline": str(pipeline_dir), "class_grid": str(grid_path)},
