@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from trainkit.config import console_script
-from trainkit.data import DataConfig, load_split
+from trainkit.data import DataConfig, ImageData
 
 from .model import ImageTokenizer
 from .quantizers import perplexity
@@ -75,7 +75,7 @@ def reconstruction_metrics(
 def evaluate_split(tokenizer: ImageTokenizer, data: DataConfig, split: str = "test", batch_size: int = 500
                    ) -> dict[str, float]:
     """Reconstruction metrics of `tokenizer` on a named split of `data`."""
-    dataset = load_split(data, split, downsample_factor=tokenizer.config.downsample_factor)
+    dataset = ImageData(data, downsample_factor=tokenizer.config.downsample_factor).split(split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     start = time.perf_counter()
     metrics, _ = reconstruction_metrics(tokenizer.eval(), loader)

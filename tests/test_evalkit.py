@@ -35,7 +35,7 @@ from evalkit.metrics import (
     precision_recall,
 )
 from evalkit.reference import reference_stats
-from trainkit.data import DataConfig, load_split, split_fingerprint
+from trainkit.data import DataConfig, ImageData
 from trainkit.hub import CheckpointError
 
 
@@ -47,7 +47,7 @@ def classifier() -> FashionMNISTClassifier:
 @pytest.fixture(scope="module")
 def fashion_test() -> tuple[torch.Tensor, torch.Tensor]:
     """The 10,000 real Fashion-MNIST test images as floats in [0, 1], and their labels."""
-    test = load_split(DataConfig(dataset="fashion_mnist"), "test")
+    test = ImageData(DataConfig(dataset="fashion_mnist")).split("test")
     return test.images_uint8.float() / 255, test.labels
 
 
@@ -235,7 +235,7 @@ def test_reference_stats_are_cached_reused_and_invalidated(digits_parquet, tmp_p
     assert torch.equal(second.labels, first.labels)
     assert second.describe() == {"feature_network": "pooled_pixels@v1", "dataset": str(digits_parquet),
                                  "split": "train", "num_images": 100}
-    assert second.data_fingerprint == split_fingerprint(data, "train")[0] == load_split(data, "train").source
+    assert second.data_fingerprint == ImageData(data).fingerprint("train") == ImageData(data).split("train").source
 
     changes = [
         (network, data, "train", 120),                                                   # N
