@@ -240,6 +240,22 @@ def test_holdout_is_deterministic_and_disjoint(tmp_path):
     assert torch.equal(capped.train.labels, first.train.labels[:5])
 
 
+
+def test_reopening_a_parquet_source_reuses_the_datasets_cache(tmp_path):
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4), i) for i in range(6)],
+                                "label": list(range(6))}).to_parquet(str(path))
+    cache = tmp_path / "hf-cache"
+    first = ImageData(DataConfig(dataset=str(path)))
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    assert any(p.suffix == ".arrow" for p in files)
+    second = ImageData(DataConfig(dataset=str(path)))
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == files
+    assert [p.stat().st_mtime_ns for p in files] == mtimes            # nothing regenerated
+    assert second.source.splits["train"].cache_files == first.source.splits["train"].cache_files
+    assert second.fingerprint() == first.fingerprint()
+
 def test_missing_image_column(tmp_path):
     path = tmp_path / "pixels.parquet"
     datasets.Dataset.from_dict({"img": [Image.new("L", (4, 4))] * 2, "label": [0, 1]}).to_parquet(str(path))
