@@ -35,10 +35,11 @@ def _check(cfg: DataConfig, downsample_factor: int) -> None:
 class ImageData:
     """The images `cfg` describes, prepared for a model whose sizes must divide by `downsample_factor`.
 
-    Opening reads no image. `split(name)` gives one dataset: "train" (after any holdout), "val"
-    (the validation part), or any split of the source (e.g. "test"); `splits()` gives train and
-    val together; `fingerprint(*names)` is the stable cache key of splits, equal to the `.source`
-    of what `split` / `splits` return, computed without decoding any image.
+    Opening decodes at most one image (the first, for the native size when `data.image_size` is
+    unset and the column does not declare it). `split(name)` gives one dataset: "train" (after any
+    holdout), "val" (the validation part), or any split of the source (e.g. "test"); `splits()`
+    gives train and val together; `fingerprint(*names)` is the stable cache key of splits, equal to
+    the `.source` of what `split` / `splits` return, computed without loading the splits.
     """
 
     def __init__(self, cfg: DataConfig, downsample_factor: int = 1):
@@ -46,12 +47,7 @@ class ImageData:
         self.cfg = cfg
         self.source = open_source(cfg)
         self.plan = SplitPlan.make(cfg, self.source)
-        for split, rows in self.source.splits.items():
-            if cfg.image_column not in rows.column_names:
-                raise ValueError(
-                    f"image column {cfg.image_column!r} not found in split {split!r} of {self.source.description}; "
-                    f"available columns: {rows.column_names}. Set data.image_column to the one holding the images."
-                )
+        self._check_image_column()
         self.labels = label_info(cfg, self.source, self.plan.train)
         train_rows = self.source.splits[self.plan.train]
         native = None if cfg.image_size is not None else native_size(train_rows, cfg.image_column, cfg.channels)
@@ -111,6 +107,15 @@ class ImageData:
             image_size=self.image_size,
             source=self.fingerprint("train", "val"),
         )
+
+    def _check_image_column(self) -> None:
+        column = self.cfg.image_column
+        for split, rows in self.source.splits.items():
+            if column not in rows.column_names:
+                raise ValueError(
+                    f"image column {column!r} not found in split {split!r} of {self.source.description}; "
+                    f"available columns: {rows.column_names}. Set data.image_column to the one holding the images."
+                )
 
     def _rows(self, name: str):
         return split_rows(self.cfg, self.source, self.plan, name)
