@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig  # noqa: E402
 from stage1_tokenizer.quantizers import VectorQuantizer  # noqa: E402
-from trainkit.data import DataConfig, load_split  # noqa: E402
+from trainkit.data import DataConfig, ImageData  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -56,8 +56,8 @@ def main() -> None:
 
     tokenizer = ImageTokenizer.from_pretrained(args.model).eval()
     cfg = tokenizer.config
-    test = load_split(DataConfig(dataset="fashion_mnist", channels=cfg.in_channels), "test",
-                      downsample_factor=cfg.downsample_factor)
+    test = ImageData(DataConfig(dataset="fashion_mnist", channels=cfg.in_channels),
+                     downsample_factor=cfg.downsample_factor).split("test")
     images = test.get_batch(range(len(test)))[0]
     report: dict = {"benchmark": "tokenizer_speed", "model": args.model, "num_images": len(images),
                     "batch_size": args.batch_size, "encode_decode": {}, "quantizer": {}}

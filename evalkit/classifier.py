@@ -180,16 +180,16 @@ def train_classifier(
     AdamW with a one-cycle schedule (linear warm-up, cosine decay), random crops and horizontal
     flips. The test split is used once, after training, for the reported accuracy.
     """
-    from trainkit.data import DataConfig, load_split, load_splits
+    from trainkit.data import DataConfig, ImageData
 
     if precision not in ("bf16", "no"):
         raise ValueError(f"precision must be 'bf16' or 'no', got {precision!r}")
     torch.manual_seed(seed)
-    data = load_splits(DataConfig(dataset=dataset, channels=(config.in_channels if config else 1),
-                                  max_train_samples=max_train_samples))
+    data = ImageData(DataConfig(dataset=dataset, channels=(config.in_channels if config else 1),
+                                max_train_samples=max_train_samples)).splits()
     if not data.num_classes:
         raise ValueError(f"the data {dataset!r} has no class labels: a classifier needs labelled images")
-    test = load_split(DataConfig(dataset=dataset, channels=data.channels), "test")
+    test = ImageData(DataConfig(dataset=dataset, channels=data.channels)).split("test")
     images, labels = _uint8(data.train), data.train.labels
     config = config or ClassifierConfig()
     config = ClassifierConfig(**{**to_dict(config), "in_channels": data.channels, "image_size": data.image_size[0],

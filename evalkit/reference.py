@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from trainkit.data import DataConfig, load_split, split_fingerprint
+from trainkit.data import DataConfig, ImageData
 from trainkit.hub import save_state_dict
 
 from .features import FeatureNetwork
@@ -69,7 +69,7 @@ def select_images(data: DataConfig, split: str, num_images: int | None = None, s
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images `[N, C, H, W]` and labels `[N]` of a split: all of it, or `num_images` of it
     chosen at random (fixed by `seed`, kept in split order)."""
-    dataset = load_split(data, split)
+    dataset = ImageData(data).split(split)
     total = len(dataset)
     if num_images is not None and not 1 <= num_images <= total:
         raise ValueError(f"asked for {num_images} reference images but split {split!r} of {data.dataset!r} "
@@ -89,7 +89,7 @@ def select_images(data: DataConfig, split: str, num_images: int | None = None, s
 def reference_key(network: FeatureNetwork, data: DataConfig, split: str, num_images: int | None, seed: int = 0
                   ) -> tuple[str, str]:
     """(cache key, data fingerprint) of a reference set, computed without decoding any image."""
-    fingerprint, _ = split_fingerprint(data, split)
+    fingerprint = ImageData(data).fingerprint(split)
     text = json.dumps({"version": CACHE_VERSION, "network": network.fingerprint, "data": fingerprint,
                        "split": split, "num_images": num_images, "seed": seed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest(), fingerprint

@@ -286,7 +286,7 @@ class Pipeline:
                          f"got {type(image).__name__} {getattr(image, 'shape', '')}")
 
     def _pil_to_unit(self, image: PIL.Image.Image) -> torch.Tensor:
-        from trainkit.data import ImageTransform   # the training data's center-crop + resize
+        from trainkit.data.transforms import ImageTransform   # the training data's center-crop + resize
 
         a = np.asarray(image.convert("L" if self.channels == 1 else "RGB"))
         x = torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1)[None]

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from trainkit.config import ConfigError, console_script
-from trainkit.data import DataConfig, load_splits
+from trainkit.data import DataConfig, ImageData
 from trainkit.images import interleave_rows
 from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
 
@@ -39,7 +39,7 @@ class TokenizerTrainConfig:
 
 class TokenizerTask(TrainTask):
     def __init__(self, cfg: TokenizerTrainConfig):
-        splits = load_splits(cfg.data, downsample_factor=cfg.model.downsample_factor)
+        splits = ImageData(cfg.data, downsample_factor=cfg.model.downsample_factor).splits()
         h, w = splits.image_size
         if h != w:
             raise ConfigError(f"the tokenizer needs square images, the data gives {h}x{w}: set data.image_size")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
-from trainkit.data import DataConfig, ImageDataset, array2d_column, load_splits, splits_fingerprint
+from trainkit.data import DataConfig, ImageData, ImageDataset, array2d_column
 from trainkit.devices import check_world_size
 
 CACHE_VERSION = 1
@@ -247,7 +247,8 @@ def build_token_splits(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     factor = tokenizer.config.downsample_factor
     _check_compatible(tokenizer, data, None)
-    source, image_size = splits_fingerprint(data, factor)
+    image_data = ImageData(data, factor)
+    source, image_size = image_data.fingerprint(), image_data.image_size
     _check_compatible(tokenizer, data, image_size)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     key = _cache_key(tokenizer_fp, source)
@@ -280,7 +281,7 @@ def build_token_splits(
 def _build(tokenizer: ImageTokenizer, data: DataConfig, state, tmp: Path, final: Path, key: str,
            tokenizer_fp: str, source: str, batch_size: int, progress: bool) -> None:
     """Encode this rank's shards into `tmp`; the main process assembles them and publishes `final`."""
-    splits = load_splits(data, downsample_factor=tokenizer.config.downsample_factor)
+    splits = ImageData(data, downsample_factor=tokenizer.config.downsample_factor).splits()
     shards = tmp / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     rank, world = state.process_index, state.num_processes

@@ -1,21 +1,25 @@
 import dataclasses
 import gzip
+import os
 
 import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from trainkit.data import (
     FASHION_MNIST_CLASSES,
     DataConfig,
+    ImageData,
     ImageDataset,
     holdout_indices,
-    load_split,
-    load_splits,
     read_idx,
 )
+from trainkit.data.dataset import LazyImages
+from trainkit.data.fingerprints import stable_hash
+from trainkit.data.transforms import ImageTransform
 
 torch.set_num_threads(1)
 
@@ -54,7 +58,7 @@ def idx_bytes(magic: int, shape, payload: bytes) -> bytes:
 
 
 def test_fashion_mnist_default_splits():
-    splits = load_splits(DataConfig())
+    splits = ImageData(DataConfig()).splits()
     assert (len(splits.train), len(splits.val)) == (60000, 10000)
     assert splits.num_classes == 10 and splits.class_names == FASHION_MNIST_CLASSES
     assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
@@ -74,31 +78,31 @@ def test_fashion_mnist_default_splits():
 
 
 def test_fashion_mnist_named_split_and_stable_source():
-    test = load_split(DataConfig(), "test")
+    test = ImageData(DataConfig()).split("test")
     assert len(test) == 10000
     for name in ("val", "validation"):  # the split serving as validation: here "test", capped
-        assert len(load_split(DataConfig(max_val_samples=7), name)) == 7
-    again = load_split(DataConfig(), "test")
+        assert len(ImageData(DataConfig(max_val_samples=7)).split(name)) == 7
+    again = ImageData(DataConfig()).split("test")
     assert test.source == again.source
     assert torch.equal(test.images_uint8, again.images_uint8)
-    assert load_split(DataConfig(image_size=32), "test").source != test.source
+    assert ImageData(DataConfig(image_size=32)).split("test").source != test.source
 
 
 def test_fashion_mnist_rgb_channels_equal():
-    splits = load_splits(small(channels=3))
+    splits = ImageData(small(channels=3)).splits()
     image, _ = splits.train[3]
     assert image.shape == (3, 28, 28)
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
 
 def test_resize_and_pad_to_32():
-    native = load_split(small(), "train").images_uint8
-    resized = load_split(small(image_size=32), "train")
+    native = ImageData(small()).split("train").images_uint8
+    resized = ImageData(small(image_size=32)).split("train")
     assert resized.images_uint8.shape == (64, 1, 32, 32)
     x, _ = resized[0]
     assert x.shape == (1, 32, 32) and -1 <= x.min() and x.max() <= 1
     assert abs(resized.images_uint8.float().mean() - native.float().mean()) < 2
-    padded = load_split(small(image_size=32, resize_mode="pad"), "train").images_uint8
+    padded = ImageData(small(image_size=32, resize_mode="pad")).split("train").images_uint8
     assert torch.equal(padded[:, :, 2:30, 2:30], native)
     border = padded.clone()
     border[:, :, 2:30, 2:30] = 0
@@ -107,21 +111,21 @@ def test_resize_and_pad_to_32():
 
 def test_indivisible_size_errors():
     with pytest.raises(ValueError, match=r"28x28.*factor 8.*data.image_size.*32.*pad"):
-        load_splits(small(), downsample_factor=8)
+        ImageData(small(), downsample_factor=8).splits()
     with pytest.raises(ValueError, match=r"data.image_size=30.*factor 4.*32"):
-        load_splits(small(image_size=30), downsample_factor=4)
-    assert load_splits(small(image_size=32), downsample_factor=8).image_size == (32, 32)
+        ImageData(small(image_size=30), downsample_factor=4).splits()
+    assert ImageData(small(image_size=32), downsample_factor=8).splits().image_size == (32, 32)
 
 
 def test_pad_smaller_than_image_errors():
     with pytest.raises(ValueError, match="resize_mode=resize"):
-        load_splits(small(image_size=16, resize_mode="pad"))
+        ImageData(small(image_size=16, resize_mode="pad")).splits()
 
 
 def test_missing_idx_files(tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*FASHION_MNIST_DIR"):
-        load_splits(DataConfig())
+        ImageData(DataConfig()).splits()
 
 
 def test_idx_reader_validates(tmp_path):
@@ -145,8 +149,8 @@ def test_idx_reader_validates(tmp_path):
 
 def test_lazy_matches_in_memory():
     cfg = small(image_size=32, channels=3)
-    eager = load_split(cfg, "train")
-    lazy = load_split(dataclasses.replace(cfg, in_memory_max_mb=0), "train")
+    eager = ImageData(cfg).split("train")
+    lazy = ImageData(dataclasses.replace(cfg, in_memory_max_mb=0)).split("train")
     assert lazy.images_uint8 is None and len(lazy) == len(eager)
     for i in (0, 17, -1):
         assert torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1]
@@ -157,13 +161,14 @@ def test_lazy_matches_in_memory():
 
 
 def test_image_folder_with_classes(class_folder):
-    splits = load_splits(DataConfig(dataset=str(class_folder), val_fraction=0.34))
+    splits = ImageData(DataConfig(dataset=str(class_folder), val_fraction=0.34)).splits()
     assert splits.class_names == ["cat", "dog"] and splits.num_classes == 2
     assert (len(splits.train), len(splits.val)) == (4, 2)
     assert splits.image_size == (8, 8) and splits.train.images_uint8.shape[1:] == (1, 8, 8)
     everything = torch.cat([splits.train.labels, splits.val.labels])
     assert sorted(everything.tolist()) == [0, 0, 0, 1, 1, 1]
-    rgb = load_split(DataConfig(dataset=str(class_folder), channels=3, val_split="holdout", val_fraction=0.5), "train")
+    rgb_cfg = DataConfig(dataset=str(class_folder), channels=3, val_split="holdout", val_fraction=0.5)
+    rgb = ImageData(rgb_cfg).split("train")
     for image, label in (rgb[i] for i in range(len(rgb))):
         assert image.shape == (3, 8, 8)
         if label == 1:  # grayscale source images become equal RGB channels
@@ -175,7 +180,7 @@ def test_image_folder_with_classes(class_folder):
 def test_flat_folder_is_unlabelled(tmp_path):
     for i in range(6):
         write_png(tmp_path / "flat" / f"{i}.png", (12, 12), 40 * i, "L")
-    splits = load_splits(DataConfig(dataset=str(tmp_path / "flat"), image_size=16, resize_mode="pad"))
+    splits = ImageData(DataConfig(dataset=str(tmp_path / "flat"), image_size=16, resize_mode="pad")).splits()
     assert splits.num_classes is None and splits.class_names is None
     assert len(splits.train) + len(splits.val) == 6
     assert (splits.train.labels == -1).all() and splits.train[0][1] == -1
@@ -186,8 +191,8 @@ def test_mixed_native_sizes_need_image_size(tmp_path):
     write_png(tmp_path / "mixed" / "a.png", (8, 8), 10, "L")
     write_png(tmp_path / "mixed" / "b.png", (16, 8), 10, "L")
     with pytest.raises(ValueError, match="set data.image_size"):
-        load_splits(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5))
-    splits = load_splits(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5, image_size=8))
+        ImageData(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5)).splits()
+    splits = ImageData(DataConfig(dataset=str(tmp_path / "mixed"), val_fraction=0.5, image_size=8)).splits()
     assert splits.image_size == (8, 8)
 
 
@@ -195,7 +200,7 @@ def test_parquet_file(tmp_path):
     images = [Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)) for i in range(10)]
     path = tmp_path / "data.parquet"
     datasets.Dataset.from_dict({"image": images, "label": list(range(10))}).to_parquet(str(path))
-    splits = load_splits(DataConfig(dataset=str(path), channels=3, val_fraction=0.2))
+    splits = ImageData(DataConfig(dataset=str(path), channels=3, val_fraction=0.2)).splits()
     assert (len(splits.train), len(splits.val)) == (8, 2)
     assert splits.num_classes == 10 and splits.class_names is None
     image, label = splits.train[0]
@@ -209,10 +214,10 @@ def test_parquet_folder_uses_split_names_and_class_labels(tmp_path):
         data = {"image": [Image.new("L", (8, 8), i) for i in range(n)], "label": [i % 2 for i in range(n)]}
         path = tmp_path / "pq" / f"{split}-00000-of-00001.parquet"
         datasets.Dataset.from_dict(data, features=features).to_parquet(str(path))
-    splits = load_splits(DataConfig(dataset=str(tmp_path / "pq")))
+    splits = ImageData(DataConfig(dataset=str(tmp_path / "pq"))).splits()
     assert (len(splits.train), len(splits.val)) == (6, 3)
     assert splits.class_names == ["a", "b"]
-    assert len(load_split(DataConfig(dataset=str(tmp_path / "pq" / "*.parquet")), "test")) == 3
+    assert len(ImageData(DataConfig(dataset=str(tmp_path / "pq" / "*.parquet"))).split("test")) == 3
 
 
 def test_holdout_is_deterministic_and_disjoint(tmp_path):
@@ -226,20 +231,36 @@ def test_holdout_is_deterministic_and_disjoint(tmp_path):
     path = tmp_path / "rows.parquet"
     datasets.Dataset.from_dict({"image": images, "label": list(range(40))}).to_parquet(str(path))
     cfg = DataConfig(dataset=str(path), val_fraction=0.25, split_seed=7)
-    first, second = load_splits(cfg), load_splits(cfg)
+    first, second = ImageData(cfg).splits(), ImageData(cfg).splits()
     assert (len(first.train), len(first.val)) == (30, 10)
     assert torch.equal(first.val.labels, second.val.labels) and first.source == second.source
     assert not set(first.train.labels.tolist()) & set(first.val.labels.tolist())
-    assert torch.equal(load_split(cfg, "train").labels, first.train.labels)
-    capped = load_splits(dataclasses.replace(cfg, max_train_samples=5))
+    assert torch.equal(ImageData(cfg).split("train").labels, first.train.labels)
+    capped = ImageData(dataclasses.replace(cfg, max_train_samples=5)).splits()
     assert torch.equal(capped.train.labels, first.train.labels[:5])
 
+
+
+def test_reopening_a_parquet_source_reuses_the_datasets_cache(tmp_path):
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4), i) for i in range(6)],
+                                "label": list(range(6))}).to_parquet(str(path))
+    cache = tmp_path / "hf-cache"
+    first = ImageData(DataConfig(dataset=str(path)))
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    assert any(p.suffix == ".arrow" for p in files)
+    second = ImageData(DataConfig(dataset=str(path)))
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == files
+    assert [p.stat().st_mtime_ns for p in files] == mtimes            # nothing regenerated
+    assert second.source.splits["train"].cache_files == first.source.splits["train"].cache_files
+    assert second.fingerprint() == first.fingerprint()
 
 def test_missing_image_column(tmp_path):
     path = tmp_path / "pixels.parquet"
     datasets.Dataset.from_dict({"img": [Image.new("L", (4, 4))] * 2, "label": [0, 1]}).to_parquet(str(path))
     with pytest.raises(ValueError, match=r"'image'.*\['img', 'label'\].*data.image_column"):
-        load_splits(DataConfig(dataset=str(path)))
+        ImageData(DataConfig(dataset=str(path))).splits()
 
 
 def test_hub_id_goes_through_load_dataset(monkeypatch):
@@ -256,17 +277,17 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
         return datasets.DatasetDict({"train": make(6), "validation": make(3), "test": make(4)})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    splits = load_splits(DataConfig(dataset="someone/tiny-images", config_name="small", revision="v1"))
+    splits = ImageData(DataConfig(dataset="someone/tiny-images", config_name="small", revision="v1")).splits()
     assert calls == [("someone/tiny-images", {"name": "small", "revision": "v1"})]
     assert (len(splits.train), len(splits.val)) == (6, 3)
     assert splits.class_names == ["x", "y", "z"]
     assert "someone/tiny-images" in splits.source
-    assert len(load_split(DataConfig(dataset="someone/tiny-images"), "test")) == 4
+    assert len(ImageData(DataConfig(dataset="someone/tiny-images")).split("test")) == 4
 
     calls.clear()
     for missing in ("./no/such/folder", "/no/such/file.parquet"):
         with pytest.raises(FileNotFoundError, match="no such file"):
-            load_splits(DataConfig(dataset=missing))
+            ImageData(DataConfig(dataset=missing)).splits()
     assert calls == []
 
 
@@ -276,3 +297,64 @@ def test_image_dataset_from_tensor():
     image, label = ds[2]
     assert label == -1 and torch.allclose(image, images[2].float() / 127.5 - 1)
     assert ds.image_shape == (3, 8, 8) and len(ds) == 5
+
+
+# ----------------------------------------------------------------------------- the entry point and fingerprints
+
+
+def test_fingerprints_match_datasets_and_need_no_decoding(tmp_path, monkeypatch):
+    images = [Image.new("L", (4, 4), i) for i in range(40)]
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"image": images, "label": list(range(40))}).to_parquet(str(path))
+    cfg = DataConfig(dataset=str(path), val_fraction=0.25, split_seed=7, max_train_samples=20, image_size=8,
+                     resize_mode="pad")
+    data = ImageData(cfg, downsample_factor=2)
+    splits = data.splits()
+    assert data.fingerprint() == data.fingerprint("train", "val") == splits.source
+    assert data.fingerprint("train") == splits.train.source and data.fingerprint("val") == splits.val.source
+    assert (data.image_size, data.channels, data.num_classes) == ((8, 8), 1, 40)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a fingerprint decoded images")
+    monkeypatch.setattr(LazyImages, "materialise", fail)
+    monkeypatch.setattr(LazyImages, "__getitem__", fail)
+    again = ImageData(cfg, downsample_factor=2)
+    assert again.fingerprint() == splits.source and again.fingerprint("val") == splits.val.source
+    # the cache key format that token caches and reference statistics are keyed by
+    key = f"parquet:{path}|L|8x8|pad|image=image|label=label"
+    text = f"{key}|train=train-holdout(0.25,seed=7)[:20],val=train/holdout(0.25,seed=7)"
+    st = os.stat(path)
+    assert splits.source == f"{text}#{stable_hash(text, stable_hash((str(path), st.st_size, st.st_mtime_ns)))}"
+    assert splits.val.source.startswith(f"{key}|train/holdout(0.25,seed=7)#")
+    assert stable_hash("fashion_mnist", "train", "x") == "0af7d931cba27d84"
+
+
+def test_unknown_split_names_the_available_ones():
+    with pytest.raises(ValueError, match=r"split 'dev2' not found.*\['train', 'val', 'test'\]"):
+        ImageData(small()).fingerprint("dev2")
+
+
+def reference_transform(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """The crop/resize/pad the data layer has always applied, written with plain torch ops."""
+    h, w = x.shape[-2:]
+    if mode == "pad":
+        top, left = (size - h) // 2, (size - w) // 2
+        return F.pad(x, (left, size - w - left, top, size - h - top))
+    side = min(h, w)
+    x = x[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    if side == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_transform_is_bit_exact_on_odd_sizes(channels):
+    generator = torch.Generator().manual_seed(0)
+    for h, w in [(7, 13), (13, 7), (31, 30), (64, 33), (100, 101), (28, 28)]:
+        x = torch.randint(0, 256, (2, channels, h, w), dtype=torch.uint8, generator=generator)
+        for size in (3, 8, 16, 32):
+            got = ImageTransform((size, size), "resize")(x)
+            assert got.dtype == torch.uint8 and torch.equal(got, reference_transform(x, size, "resize")), (h, w, size)
+            if size >= max(h, w):
+                assert torch.equal(ImageTransform((size, size), "pad")(x), reference_transform(x, size, "pad"))

@@ -34,7 +34,7 @@ from evalkit.metrics import (
     precision_recall,
 )
 from evalkit.reference import reference_stats
-from trainkit.data import DataConfig, load_split, split_fingerprint
+from trainkit.data import DataConfig, ImageData
 from trainkit.hub import CheckpointError
 
 
@@ -46,7 +46,7 @@ def classifier() -> FashionMNISTClassifier:
 @pytest.fixture(scope="module")
 def fashion_test() -> tuple[torch.Tensor, torch.Tensor]:
     """The 10,000 real Fashion-MNIST test images as floats in [0, 1], and their labels."""
-    test = load_split(DataConfig(dataset="fashion_mnist"), "test")
+    test = ImageData(DataConfig(dataset="fashion_mnist")).split("test")
     return test.images_uint8.float() / 255, test.labels
 
 
@@ -240,7 +240,7 @@ def test_reference_stats_are_cached_reused_and_invalidated(digits_parquet, tmp_p
     assert torch.equal(second.labels, first.labels)
     assert second.describe() == {"feature_network": "pooled_pixels@v1", "dataset": str(digits_parquet),
                                  "split": "train", "num_images": 100}
-    assert second.data_fingerprint == split_fingerprint(data, "train")[0] == load_split(data, "train").source
+    assert second.data_fingerprint == ImageData(data).fingerprint("train") == ImageData(data).split("train").source
 
     changes = [
         (network, data, "train", 120),                                                   # N
@@ -360,8 +360,8 @@ def test_tokenizer_command_writes_a_report(tiny_tokenizer_dir, digits_parquet, t
     from stage1_tokenizer.evaluate import reconstruction_metrics
 
     tokenizer = ImageTokenizer.from_pretrained(tiny_tokenizer_dir)
-    split = load_split(DataConfig(dataset=str(digits_parquet), channels=1, image_size=8), "test",
-                       downsample_factor=tokenizer.config.downsample_factor)
+    split = ImageData(DataConfig(dataset=str(digits_parquet), channels=1, image_size=8),
+                      downsample_factor=tokenizer.config.downsample_factor).split("test")
     old, _ = reconstruction_metrics(tokenizer, torch.utils.data.DataLoader(split, batch_size=500))
     assert old["psnr"] == pytest.approx(saved["metrics"]["psnr"]["value"], rel=1e-5)
     table = capsys.readouterr().out

@@ -12,9 +12,8 @@ import torch
 from conftest import run_module
 
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
-from stage2_prior import tokens as tokens_module
 from stage2_prior.tokens import TokenDataset, build_token_splits, tokenizer_fingerprint
-from trainkit.data import DataConfig, load_splits
+from trainkit.data import DataConfig, ImageData
 
 MAX_TRAIN = 300
 
@@ -50,12 +49,13 @@ def forbid(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a cache hit encoded or loaded images")
     monkeypatch.setattr(ImageTokenizer, "encode", fail)
-    monkeypatch.setattr(tokens_module, "load_splits", fail)
+    monkeypatch.setattr(ImageData, "split", fail)
+    monkeypatch.setattr(ImageData, "splits", fail)
 
 
 def test_codes_match_tokenizer_and_cache_is_reused(tokenizer, data, tmp_path, monkeypatch):
     first = build_token_splits(tokenizer, data, tmp_path, batch_size=64, progress=False)
-    images = load_splits(data, downsample_factor=2)
+    images = ImageData(data, downsample_factor=2).splits()
     assert not first.reused and first.cache_path.parent == tmp_path and first.cache_path.name.startswith("tokens-")
     assert (first.grid, first.codebook_size, first.num_classes) == ((4, 4), 32, 10)
     assert first.class_names == [str(i) for i in range(10)]
