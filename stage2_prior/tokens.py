@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
 from trainkit.data import DataConfig, ImageDataset, array2d_column, load_splits, splits_fingerprint
+from trainkit.hub import replace_dir
 from trainkit.loop import check_world_size
 
 CACHE_VERSION = 1
@@ -183,13 +183,7 @@ def _load_cache(directory: Path, meta: dict, reused: bool) -> TokenSplits:
 
 def _publish(tmp: Path, final: Path) -> None:
     """Rename the complete `tmp` to `final`, replacing any stale or incomplete directory there."""
-    stale = None
-    if final.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
-        os.replace(final, stale / "old")
-    os.replace(tmp, final)
-    if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 # ----------------------------------------------------------------------------- encoding

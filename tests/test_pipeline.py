@@ -316,3 +316,19 @@ def test_load_errors(saved, tmp_path, tiny_tokenizer_dir):
     (edited / "pipeline.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="pipeline.json is not valid JSON"):
         Pipeline.from_pretrained(edited)
+
+
+def test_a_failed_save_leaves_the_old_pipeline(pipe, tmp_path, monkeypatch):
+    target = pipe.save_pretrained(tmp_path / "p", samples=False)
+    before = sorted(p.name for p in target.iterdir())
+
+    def fail(self):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(Pipeline, "manifest", fail)       # components written, the manifest not
+    with pytest.raises(RuntimeError, match="interrupted"):
+        pipe.save_pretrained(target, samples=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    assert Pipeline.from_pretrained(target).grid == pipe.grid
