@@ -94,8 +94,8 @@ class SmallCNN(HubModel, nn.Module):
             path.chmod(0o644)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu", name: str = DEFAULT_NAME,
-                         **_hub_kwargs) -> "SmallCNN":
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu", name: str = DEFAULT_NAME
+                         ) -> "SmallCNN":
         model, _ = load_classifier(model_id, name)
         return model.to(map_location)
 

@@ -121,8 +121,7 @@ class ImagePrior(HubModel, nn.Module):
         self.layout.save(save_directory)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu", **_hub_kwargs
-                         ) -> "ImagePrior":
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu") -> "ImagePrior":
         from transformers import AutoModelForCausalLM
 
         directory = Path(model_id)

@@ -155,6 +155,9 @@ def test_bad_paths_give_our_errors_for_every_component(tmp_path):
     for cls in (ImageTokenizer, ImagePrior, SmallCNN):
         with pytest.raises(FileNotFoundError, match="not a directory and does not look like a hub repo id"):
             cls.from_pretrained(tmp_path / "missing" / "dir")
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    with pytest.raises(TypeError, match="device"):
+        ImageTokenizer.from_pretrained(tmp_path / "tok", device="cpu")    # an unknown option is not ignored
 
 
 def test_prior_directory_is_a_transformers_model(tmp_path):

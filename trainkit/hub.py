@@ -237,10 +237,11 @@ def push_folder_to_hub(
 class HubModel(ModelHubMixin):
     """`save_pretrained` / `from_pretrained` / `push_to_hub` for a component.
 
-    Subclasses implement `_save_pretrained(directory)`, which writes every file of the saved
-    directory, and the classmethod `_from_pretrained(*, model_id, map_location, **kwargs)`,
-    which loads from `model_id`, always a local directory here, and raises `CheckpointError`
-    for files that cannot be loaded as they are.
+    Subclasses implement `_save_pretrained(directory, **save_kwargs)`, which writes every file
+    of the saved directory, and the classmethod `_from_pretrained(*, model_id, map_location,
+    **model_kwargs)`, which loads from `model_id` (here always a local directory: hub repos are
+    downloaded first) and raises `CheckpointError` for files that cannot be loaded as they are.
+    Extra keywords of `save_pretrained` / `from_pretrained` go to these two methods.
     """
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None,
@@ -275,9 +276,7 @@ class HubModel(ModelHubMixin):
         `HF_HUB_OFFLINE=1` works from the cache alone)."""
         directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token,
                                            force_download=force_download, local_files_only=local_files_only)
-        return cls._from_pretrained(model_id=str(directory), revision=revision, cache_dir=cache_dir,
-                                    force_download=force_download, local_files_only=local_files_only,
-                                    token=token, map_location=map_location, **model_kwargs)
+        return cls._from_pretrained(model_id=str(directory), map_location=map_location, **model_kwargs)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
                     **kwargs) -> str:
@@ -327,7 +326,7 @@ class PretrainedMixin(HubModel):
             raise CheckpointError(f"{path}: {err}") from None
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu", **_hub_kwargs):
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu"):
         directory = Path(model_id)
         config = cls.load_config_file(directory)
         weights = directory / WEIGHTS_NAME
