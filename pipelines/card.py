@@ -238,8 +238,6 @@ def render_model_card(manifest: dict, report: dict | None = None, samples: str |
     return str(build_model_card(manifest, report, samples, samples_caption, repo_id, license))
 
 
-
-
 def read_manifest(directory: str | os.PathLike) -> dict:
     """The manifest of a pipeline directory; a clear `CheckpointError` when there is none."""
     directory = Path(directory)
