@@ -10,7 +10,6 @@ class names, test accuracy, training settings) into `--output`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import time
@@ -22,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainkit.config import ConfigError, from_dict, to_dict
-from trainkit.hub import CheckpointError, atomic_write_text, load_state_dict_strict, save_state_dict
+from trainkit.hub import (
+    CheckpointError, HubModel, atomic_write_text, file_sha256, load_state_dict_strict, save_state_dict,
+)
 
 DEFAULT_NAME = "fashion_mnist_classifier"
 FORMAT_VERSION = 1
@@ -53,12 +54,18 @@ class ClassifierConfig:
         return self.widths[-1]
 
 
-class SmallCNN(nn.Module):
-    """Images `[B, C, H, W]` in [0, 1] -> (penultimate features `[B, D]`, logits `[B, num_classes]`)."""
+class SmallCNN(HubModel, nn.Module):
+    """Images `[B, C, H, W]` in [0, 1] -> (penultimate features `[B, D]`, logits `[B, num_classes]`).
+
+    Saved as `<name>.safetensors` (float32) and `<name>.json` (architecture, the sha256 of the
+    weights file, and `info`: class names, test accuracy, training settings), `name` being
+    `DEFAULT_NAME` unless given to `save_pretrained` / `from_pretrained`.
+    """
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
+        self.info: dict = {}
         layers: list[nn.Module] = []
         channels = config.in_channels
         for stage, (width, blocks) in enumerate(zip(config.widths, config.blocks_per_stage)):
@@ -76,6 +83,22 @@ class SmallCNN(nn.Module):
         features = self.body(images * 2 - 1).mean(dim=(2, 3))
         return features, self.head(self.dropout(features))
 
+    def _save_pretrained(self, save_directory: Path, name: str = DEFAULT_NAME, info: dict | None = None) -> None:
+        weights, config = weights_paths(save_directory, name)
+        save_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict().items()},
+                        weights)
+        payload = {"format_version": FORMAT_VERSION, "architecture": "SmallCNN", "config": to_dict(self.config),
+                   "weights_sha256": file_sha256(weights), **(self.info if info is None else info)}
+        atomic_write_text(config, json.dumps(payload, indent=2) + "\n")
+        for path in (weights, config):
+            path.chmod(0o644)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu", name: str = DEFAULT_NAME
+                         ) -> "SmallCNN":
+        model, _ = load_classifier(model_id, name)
+        return model.to(map_location)
+
 
 # ----------------------------------------------------------------------------- files
 
@@ -86,51 +109,40 @@ def weights_paths(directory: str | Path, name: str = DEFAULT_NAME) -> tuple[Path
     return directory / f"{name}.safetensors", directory / f"{name}.json"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_LOAD_HINT = "retrain it with `python -m evalkit.classifier --output DIR` or reinstall the package that ships it"
+_DESCRIPTION_KEYS = ("format_version", "architecture", "config", "weights_sha256")
 
 
 def save_classifier(model: SmallCNN, directory: str | Path, name: str = DEFAULT_NAME, info: dict | None = None
                     ) -> tuple[Path, Path]:
     """Write the weights (float32 safetensors) and the JSON description beside them, atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights, config = weights_paths(directory, name)
-    save_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, weights)
-    payload = {"format_version": FORMAT_VERSION, "architecture": "SmallCNN", "config": to_dict(model.config),
-               "weights_sha256": file_sha256(weights), **(info or {})}
-    atomic_write_text(config, json.dumps(payload, indent=2) + "\n")
-    for path in (weights, config):
-        path.chmod(0o644)
-    return weights, config
+    model.save_pretrained(directory, name=name, info=info)
+    return weights_paths(directory, name)
 
 
 def load_classifier(directory: str | Path, name: str = DEFAULT_NAME) -> tuple[SmallCNN, dict]:
-    """A `SmallCNN` loaded strictly from `directory`, in eval mode, and its JSON description."""
+    """A `SmallCNN` loaded strictly from the local `directory`, in eval mode, and its JSON description."""
     weights, config_path = weights_paths(directory, name)
-    hint = ("retrain it with `python -m evalkit.classifier --output DIR` or reinstall the package that ships it")
     if not weights.is_file() or not config_path.is_file():
         missing = weights if not weights.is_file() else config_path
-        raise CheckpointError(f"classifier file {str(missing)!r} not found; {hint}")
+        raise CheckpointError(f"classifier file {str(missing)!r} not found; {_LOAD_HINT}")
     try:
         info = json.loads(config_path.read_text())
         config = from_dict(ClassifierConfig, info["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ConfigError, ValueError) as err:
-        raise CheckpointError(f"{str(config_path)!r} is not a valid classifier description ({err}); {hint}") from None
+        raise CheckpointError(f"{str(config_path)!r} is not a valid classifier description ({err}); "
+                              f"{_LOAD_HINT}") from None
     model = SmallCNN(config)
     try:
         load_state_dict_strict(model, weights)
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; {hint}") from None
+        raise CheckpointError(f"{err}; {_LOAD_HINT}") from None
     digest = file_sha256(weights)
     if info.setdefault("weights_sha256", digest) != digest:
         raise CheckpointError(f"weights file {str(weights)!r} is not the one described by {str(config_path)!r} "
                               f"(sha256 {digest[:16]}..., recorded {str(info['weights_sha256'])[:16]}...): it was "
-                              f"corrupted or replaced; {hint}")
+                              f"corrupted or replaced; {_LOAD_HINT}")
+    model.info = {k: v for k, v in info.items() if k not in _DESCRIPTION_KEYS}
     return model.eval(), info
 
 

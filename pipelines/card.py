@@ -15,15 +15,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from trainkit.hub import CheckpointError, atomic_write_text
+from trainkit.hub import LIBRARY_NAME, CheckpointError, atomic_write_text
 
 MANIFEST_NAME = "pipeline.json"
 EVAL_REPORT_NAME = "eval_report.json"
 CARD_NAME = "README.md"
 SAMPLES_NAME = "samples.png"
-LIBRARY_NAME = "discrete-imagegen"
 
 # Data sources the training commands know by a short name, and their hub dataset ids.
 KNOWN_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
@@ -116,32 +115,58 @@ def _metric_id(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def render_model_card(manifest: dict, report: dict | None = None, samples: str | None = None,
-                      samples_caption: str | None = None, repo_id: str | None = None) -> str:
-    """The `README.md` of a pipeline directory: YAML front matter, description, usage, metrics, samples."""
+def _title(repo_id: str | None) -> str:
+    return repo_id.split("/")[-1] if repo_id else "Discrete image generator"
+
+
+def _eval_results(rows: list[tuple[str, float, dict]], conditional: bool, datasets: list[str]
+                  ) -> list[EvalResult]:
+    """The report's metrics as model-index entries, on the training data; the metric details
+    (feature network, reference set, N, ...) are the entries' `args`."""
+    task = "Class-conditional image generation" if conditional else "Unconditional image generation"
+    dataset = datasets[0] if datasets else "custom"
+    return [
+        EvalResult(task_type="image-generation", task_name=task, dataset_type=dataset, dataset_name=dataset,
+                   metric_type=_metric_id(name), metric_name=name, metric_value=value, metric_args=details or None)
+        for name, value, details in rows
+    ]
+
+
+def card_data(manifest: dict, report: dict | None = None, repo_id: str | None = None,
+              license: str | None = None) -> ModelCardData:
+    """The card's metadata: library, tags, training datasets, license, metric ids and the
+    report's metrics as a model-index."""
+    tokenizer = manifest["components"]["tokenizer"]
+    conditional = manifest["num_classes"] > 0
+    datasets = [d for d in manifest.get("datasets") or [] if d]
+    rows = report_metrics(report)[0] if report else []
+    title = _title(repo_id)
+    return ModelCardData(
+        library_name=LIBRARY_NAME,
+        tags=[LIBRARY_NAME, "image-generation", "class-conditional" if conditional else "unconditional",
+              "autoregressive", "discrete-tokens", "vq-vae" if tokenizer.get("quantizer") == "vq" else "dvae"],
+        datasets=datasets or None,
+        license=license or manifest.get("license"),
+        metrics=sorted({_metric_id(name) for name, _, _ in rows}) or None,
+        model_name=title if rows else None,
+        eval_results=_eval_results(rows, conditional, datasets) or None,
+    )
+
+
+def _card_text(manifest: dict, report: dict | None, samples: str | None, samples_caption: str | None,
+               repo_id: str | None) -> str:
+    """The markdown body of the card: description, components, classes, usage, metrics, samples."""
     tokenizer = manifest["components"]["tokenizer"]
     prior = manifest["components"]["prior"]
     conditional = manifest["num_classes"] > 0
     quantizer = {"vq": "VQ-VAE", "gumbel": "Gumbel-softmax dVAE"}.get(tokenizer.get("quantizer"), "discrete")
-    datasets = [d for d in manifest.get("datasets") or [] if d]
-    front: dict[str, Any] = {
-        "library_name": LIBRARY_NAME,
-        "tags": [LIBRARY_NAME, "image-generation", "class-conditional" if conditional else "unconditional",
-                 "autoregressive", "discrete-tokens", "vq-vae" if tokenizer.get("quantizer") == "vq" else "dvae"],
-    }
-    if datasets:
-        front["datasets"] = datasets
-    rows = report_metrics(report)[0] if report else []
-    if rows:
-        front["metrics"] = sorted({_metric_id(name) for name, _, _ in rows})
     h, w = manifest["image_size"]
     gh, gw = manifest["grid"]
     colour = "grayscale" if manifest["channels"] == 1 else "RGB"
     names = manifest.get("class_names")
     source = repo_id or "OWNER/NAME"
 
-    out = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
-    out += [f"# {repo_id.split('/')[-1] if repo_id else 'Discrete image generator'}", ""]
+    out = [f"# {_title(repo_id)}", ""]
     kind = "class-conditional" if conditional else "unconditional"
     out.append(
         f"A two-stage discrete image generator ({LIBRARY_NAME}). A {quantizer} tokenizer turns {h}x{w} "
@@ -196,6 +221,23 @@ def render_model_card(manifest: dict, report: dict | None = None, samples: str |
     return "\n".join(out) + "\n"
 
 
+def build_model_card(manifest: dict, report: dict | None = None, samples: str | None = None,
+                     samples_caption: str | None = None, repo_id: str | None = None,
+                     license: str | None = None) -> ModelCard:
+    """The `ModelCard` of a pipeline: `card_data` as its YAML metadata, then the markdown body."""
+    data = card_data(manifest, report, repo_id, license)
+    order = ["library_name", "tags", "datasets", "license", "metrics"]
+    text = _card_text(manifest, report, samples, samples_caption, repo_id)
+    return ModelCard(f"---\n{data.to_yaml(original_order=order)}\n---\n\n{text}")
+
+
+def render_model_card(manifest: dict, report: dict | None = None, samples: str | None = None,
+                      samples_caption: str | None = None, repo_id: str | None = None,
+                      license: str | None = None) -> str:
+    """The `README.md` of a pipeline directory: YAML metadata, description, usage, metrics, samples."""
+    return str(build_model_card(manifest, report, samples, samples_caption, repo_id, license))
+
+
 def read_manifest(directory: str | os.PathLike) -> dict:
     """The manifest of a pipeline directory; a clear `CheckpointError` when there is none."""
     directory = Path(directory)
@@ -220,11 +262,12 @@ def read_manifest(directory: str | os.PathLike) -> dict:
 
 
 def write_model_card(directory: str | os.PathLike, eval_report: dict | str | os.PathLike | None = None,
-                     repo_id: str | None = None) -> Path:
+                     repo_id: str | None = None, license: str | None = None) -> Path:
     """(Re)write the `README.md` of a saved pipeline directory, e.g. once an evaluation report exists.
 
     `eval_report` (a dict or a JSON file) is stored as `eval_report.json`; without it, an
-    `eval_report.json` already in the directory is used.
+    `eval_report.json` already in the directory is used. `license` (a hub license id) goes
+    into the card's metadata.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -237,6 +280,6 @@ def write_model_card(directory: str | os.PathLike, eval_report: dict | str | os.
     samples = manifest.get("samples")
     has_samples = bool(samples) and (directory / samples["file"]).is_file()
     card = render_model_card(manifest, report, samples["file"] if has_samples else None,
-                             samples.get("caption") if has_samples else None, repo_id)
+                             samples.get("caption") if has_samples else None, repo_id, license)
     atomic_write_text(directory / CARD_NAME, card)
     return directory / CARD_NAME

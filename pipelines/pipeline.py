@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch
 from stage1_tokenizer import ImageTokenizer
 from stage2_prior import ImagePrior, TokenLayout, sample_codes
 from trainkit import __version__
-from trainkit.hub import CheckpointError, push_folder_to_hub, resolve_pretrained_dir
+from trainkit.hub import CheckpointError, publish_dir, push_folder_to_hub, resolve_pretrained_dir
 from trainkit.images import save_grid
 
 from .card import (
@@ -444,10 +442,7 @@ class Pipeline:
             report = load_eval_report(target / EVAL_REPORT_NAME)
         else:
             report = None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
-        try:
+        with publish_dir(target, keep_old_files=True) as staging:
             self.tokenizer.save_pretrained(staging / TOKENIZER_FOLDER)
             self.prior.save_pretrained(staging / PRIOR_FOLDER)
             manifest = self.manifest()
@@ -461,19 +456,6 @@ class Pipeline:
             card = render_model_card(manifest, report, SAMPLES_NAME if samples else None,
                                      manifest.get("samples", {}).get("caption"), repo_id)
             (staging / CARD_NAME).write_text(card)
-            if target.is_dir():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-                target.rename(old)
-                staging.rename(target)
-                for entry in old.iterdir():        # files of the old directory that were not rewritten
-                    if not (target / entry.name).exists():
-                        entry.rename(target / entry.name)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                staging.rename(target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         return target
 
     @classmethod

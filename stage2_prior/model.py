@@ -8,7 +8,6 @@ The language model is a real `LlamaForCausalLM` (RoPE positions) or `GPT2LMHeadM
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors import SafetensorError
 
-from trainkit.hub import CheckpointError, push_folder_to_hub, resolve_pretrained_dir
+from trainkit.hub import CheckpointError, HubModel
 
 from .layout import TokenLayout
 
@@ -68,7 +67,7 @@ def build_causal_lm(config: PriorConfig, layout: TokenLayout):
     return GPT2LMHeadModel(hf)
 
 
-class ImagePrior(nn.Module):
+class ImagePrior(HubModel, nn.Module):
     """Causal LM + `TokenLayout`. `forward(codes, labels)` gives the NLL of the image tokens."""
 
     def __init__(self, lm: nn.Module, layout: TokenLayout):
@@ -117,20 +116,16 @@ class ImagePrior(nn.Module):
 
     # ---------------------------------------------------------------- persistence
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def _save_pretrained(self, save_directory: Path) -> None:
         """`config.json` + `model.safetensors` (transformers format) + `token_layout.json`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(directory, safe_serialization=True)
-        self.layout.save(directory)
-        return directory
+        self.lm.save_pretrained(save_directory, safe_serialization=True)
+        self.layout.save(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                        cache_dir: str | None = None, map_location: str | torch.device = "cpu") -> "ImagePrior":
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu") -> "ImagePrior":
         from transformers import AutoModelForCausalLM
 
-        directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+        directory = Path(model_id)
         layout = TokenLayout.load(directory)
         try:
             lm, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
@@ -143,11 +138,3 @@ class ImagePrior(nn.Module):
         if problems:
             raise CheckpointError(f"weights in {str(directory)!r} do not match the model's config: {problems}")
         return cls(lm, layout).to(map_location).eval()
-
-    def push_to_hub(self, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return push_folder_to_hub(tmp, repo_id, private=private,
-                                      commit_message=commit_message or "Upload ImagePrior")

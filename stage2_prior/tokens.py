@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
 from trainkit.data import DataConfig, ImageData, ImageDataset, array2d_column
 from trainkit.devices import check_world_size
+from trainkit.hub import replace_dir
 
 CACHE_VERSION = 1
 META_NAME = "meta.json"
@@ -185,13 +185,7 @@ def _load_cache(directory: Path, meta: dict, reused: bool) -> TokenSplits:
 
 def _publish(tmp: Path, final: Path) -> None:
     """Rename the complete `tmp` to `final`, replacing any stale or incomplete directory there."""
-    stale = None
-    if final.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
-        os.replace(final, stale / "old")
-    os.replace(tmp, final)
-    if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 # ----------------------------------------------------------------------------- encoding

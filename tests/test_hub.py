@@ -103,3 +103,31 @@ def test_push_command_uploads_a_saved_directory(hub, tmp_path):
         from commands.push import push_main
         (tmp_path / "empty").mkdir()
         push_main([str(tmp_path / "empty"), "user/x"])  # not a saved model directory
+
+
+def test_prior_push_and_load_round_trip(hub, tmp_path):
+    state = tmp_path / "state.pt"
+    client(hub, tmp_path / "home_push", f"""
+        import torch
+        from stage2_prior.layout import TokenLayout
+        from stage2_prior.model import ImagePrior, PriorConfig
+        torch.manual_seed(0)
+        layout = TokenLayout(codebook_size=16, grid=(2, 2), num_classes=2, class_names=["a", "b"])
+        prior = ImagePrior.from_config(PriorConfig(hidden_size=32, num_layers=1, num_heads=2), layout)
+        url = prior.push_to_hub("user/prior")
+        assert "user/prior" in url, url
+        torch.save(prior.state_dict(), "{state}")
+        from huggingface_hub import HfApi
+        assert [c.title for c in HfApi().list_repo_commits("user/prior")][0] == "Upload ImagePrior"
+    """)
+    client(hub, tmp_path / "home_load", f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        from stage2_prior.model import ImagePrior
+        prior = ImagePrior.from_pretrained("user/prior")
+        assert list(prior.layout.class_names) == ["a", "b"]
+        pushed = torch.load("{state}")
+        assert all(torch.equal(pushed[k], v) for k, v in prior.state_dict().items())
+        lm = AutoModelForCausalLM.from_pretrained("user/prior")      # a plain transformers repo too
+        assert type(lm).__name__ == "LlamaForCausalLM"
+    """)

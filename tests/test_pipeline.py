@@ -272,6 +272,26 @@ def test_eval_report_in_the_card(pipe, tmp_path):
     assert "| fid | 2 | 50 |" in (tmp_path / "r" / "README.md").read_text()
 
 
+def test_card_metadata_is_a_hub_model_card(pipe, tmp_path):
+    from huggingface_hub import ModelCard
+
+    report = {"fid": {"value": 12.3456, "feature_network": "inception-v3 2015-12-05", "reference": "test split",
+                      "n": 10000}, "inception_score": 8.25}
+    out = pipe.save_pretrained(tmp_path / "p", eval_report=report, samples=False, repo_id="me/digits")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "discrete-imagegen" and "class-conditional" in card.data.tags
+    assert card.data.model_name == "digits" and card.data.license is None
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert sorted(results) == ["fid", "inception_score"]
+    assert results["fid"].metric_value == 12.3456 and results["fid"].metric_args == {
+        "feature_network": "inception-v3 2015-12-05", "reference": "test split", "n": 10000}
+    assert results["inception_score"].metric_args is None and results["fid"].task_type == "image-generation"
+    assert "| fid | 12.35 | inception-v3 2015-12-05 | test split | 10,000 |" in card.text
+    write_model_card(out, repo_id="me/digits", license="mit")
+    again = ModelCard.load(out / "README.md")
+    assert again.data.license == "mit" and len(again.data.eval_results) == 2
+
+
 def test_saving_over_a_pipeline_replaces_it_and_keeps_other_files(pipe, tmp_path):
     target = pipe.save_pretrained(tmp_path / "p", samples=False)
     (target / "extra.txt").write_text("kept")
@@ -316,3 +336,19 @@ def test_load_errors(saved, tmp_path, tiny_tokenizer_dir):
     (edited / "pipeline.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="pipeline.json is not valid JSON"):
         Pipeline.from_pretrained(edited)
+
+
+def test_a_failed_save_leaves_the_old_pipeline(pipe, tmp_path, monkeypatch):
+    target = pipe.save_pretrained(tmp_path / "p", samples=False)
+    before = sorted(p.name for p in target.iterdir())
+
+    def fail(self):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(Pipeline, "manifest", fail)       # components written, the manifest not
+    with pytest.raises(RuntimeError, match="interrupted"):
+        pipe.save_pretrained(target, samples=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    assert Pipeline.from_pretrained(target).grid == pipe.grid

@@ -1,20 +1,31 @@
-"""`save_pretrained` / `from_pretrained` / `push_to_hub` for our torch modules.
+"""Persistence of every saved component: `save_pretrained` / `from_pretrained` / `push_to_hub`.
 
-A pretrained directory (or hub repo) holds `config.json` (the model's config dataclass
-plus the class name and library version) and `model.safetensors`. Loading is strict: a
-truncated file, a missing or unexpected tensor, or a shape mismatch is an error that
-names the problem, never a silent partial load. Writes are atomic.
+`HubModel` builds on huggingface_hub's `ModelHubMixin`: a component implements
+`_save_pretrained(directory)` (write its files) and `_from_pretrained(model_id=DIR, ...)`
+(read them back from a local directory) and gets the rest. `save_pretrained` writes the whole
+directory through `publish_dir`, so it appears complete or not at all; `from_pretrained`
+takes a local directory or a hub repo id (revision, cache_dir, offline from the cache).
+`PretrainedMixin` is the `HubModel` of a module built from one config dataclass:
+`config.json` (the config plus the class name and library version) and `model.safetensors`.
+Loading is strict: a truncated file, a missing or unexpected tensor, or a shape mismatch is
+a `CheckpointError` that names the problem, never a silent partial load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import ModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -23,6 +34,7 @@ from .config import ConfigError, from_dict, to_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LIBRARY_NAME = "discrete-imagegen"
 
 
 class CheckpointError(ValueError):
@@ -52,6 +64,73 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def replace_dir(staging: str | Path, target: str | Path, keep_old_files: bool = False) -> None:
+    """Rename the complete directory `staging` to `target`, replacing the directory there.
+
+    The old `target` is first renamed aside, so a crash leaves it intact under a hidden
+    sibling name. With `keep_old_files`, entries of the old directory that `staging` does not
+    hold are carried over into the new one.
+    """
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is None:
+        return
+    if keep_old_files:
+        for entry in old.iterdir():
+            if not (target / entry.name).exists():
+                os.replace(entry, target / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_entries(staging: Path, target: Path) -> None:
+    """Move each entry of `staging` over the same name in `target` (for a target that cannot be renamed)."""
+    for entry in staging.iterdir():
+        dest = target / entry.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(entry, dest)
+
+
+@contextlib.contextmanager
+def publish_dir(target: str | os.PathLike, keep_old_files: bool = False) -> Iterator[Path]:
+    """Write a directory atomically: yields an empty staging directory beside `target`, renamed
+    into place when the block ends without an error (and removed when it raises).
+
+    See `replace_dir` for `keep_old_files`. A target that holds the working directory cannot be
+    renamed away: its entries are then replaced one by one instead (other entries stay).
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{str(target)!r} exists and is not a directory")
+    full = target.resolve()
+    full.parent.mkdir(parents=True, exist_ok=True)
+    staging = full.parent / f".{full.name}.tmp-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        yield staging
+        cwd = Path.cwd()
+        if full == cwd or full in cwd.parents:
+            _replace_entries(staging, full)
+        else:
+            replace_dir(staging, full, keep_old_files=keep_old_files)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_state_dict_strict(module: torch.nn.Module, path: str | Path) -> None:
@@ -91,6 +170,9 @@ def resolve_pretrained_dir(
     revision: str | None = None,
     cache_dir: str | None = None,
     allow_patterns: list[str] | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
 ) -> Path:
     """A local directory as is, or a hub repo id downloaded (or read from cache) as a snapshot."""
     local = Path(path_or_repo_id)
@@ -108,7 +190,8 @@ def resolve_pretrained_dir(
 
     try:
         return Path(
-            snapshot_download(text, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns)
+            snapshot_download(text, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
+                              token=token, force_download=force_download, local_files_only=local_files_only)
         )
     except RevisionNotFoundError:
         raise FileNotFoundError(f"hub repo {text!r} has no revision {revision!r}") from None
@@ -150,18 +233,68 @@ def push_folder_to_hub(
     return str(info.commit_url if hasattr(info, "commit_url") else info)
 
 
-class PretrainedMixin:
-    """Adds save/load/push to an `nn.Module` whose constructor takes one config dataclass.
+class HubModel(ModelHubMixin):
+    """`save_pretrained` / `from_pretrained` / `push_to_hub` for a component.
+
+    Subclasses implement `_save_pretrained(directory, **save_kwargs)`, which writes every file
+    of the saved directory, and the classmethod `_from_pretrained(*, model_id, map_location,
+    **model_kwargs)`, which loads from `model_id` (here always a local directory: hub repos are
+    downloaded first) and raises `CheckpointError` for files that cannot be loaded as they are.
+    Extra keywords of `save_pretrained` / `from_pretrained` go to these two methods.
+    """
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None,
+                        model_card_kwargs: dict | None = None, **save_kwargs) -> Path:
+        """Write the saved directory atomically (see `publish_dir`); files of an existing
+        directory that this save does not write are kept. Returns its path.
+
+        `config` and `model_card_kwargs` belong to `ModelHubMixin.push_to_hub`'s call: the
+        config is the component's own and its saved directory holds no model card.
+        """
+        if config is not None:
+            raise TypeError(f"{type(self).__name__}.save_pretrained saves the model's own config; pass none")
+        target = Path(save_directory)
+        with publish_dir(target, keep_old_files=True) as staging:
+            self._save_pretrained(staging, **save_kwargs)
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        map_location: str | torch.device = "cpu",
+        *,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        **model_kwargs,
+    ):
+        """Load from a local directory or a hub repo id (downloaded once, then cached;
+        `HF_HUB_OFFLINE=1` works from the cache alone)."""
+        directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                           force_download=force_download, local_files_only=local_files_only)
+        return cls._from_pretrained(model_id=str(directory), map_location=map_location, **model_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    **kwargs) -> str:
+        """Save to a temporary directory and upload it to `repo_id` (created if needed) in one
+        commit; returns the commit URL. Other keywords as `ModelHubMixin.push_to_hub`."""
+        return str(super().push_to_hub(repo_id, commit_message=commit_message or f"Upload {type(self).__name__}",
+                                       private=private, **kwargs))
+
+
+class PretrainedMixin(HubModel):
+    """The `HubModel` of an `nn.Module` whose constructor takes one config dataclass:
+    `config.json` and `model.safetensors`.
 
     Subclasses set `config_class` and keep the config at `self.config`.
     """
 
     config_class: ClassVar[type]
 
-    def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` into `save_directory` (created if needed)."""
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
+    def _save_pretrained(self, save_directory: Path) -> None:
         payload = {
             "_class_name": type(self).__name__,
             "_library_version": __version__,
@@ -169,10 +302,10 @@ class PretrainedMixin:
         }
         save_state_dict(self.state_dict(), save_directory / WEIGHTS_NAME)
         atomic_write_text(save_directory / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
-        return save_directory
 
     @classmethod
     def load_config_file(cls, directory: str | Path):
+        """The config of a saved directory, checked strictly (unknown keys, another class)."""
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise CheckpointError(
@@ -192,15 +325,8 @@ class PretrainedMixin:
             raise CheckpointError(f"{path}: {err}") from None
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path_or_repo_id: str | os.PathLike,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        map_location: str | torch.device = "cpu",
-    ):
-        """Load from a local directory or a hub repo id (downloaded once, then cached)."""
-        directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu"):
+        directory = Path(model_id)
         config = cls.load_config_file(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
@@ -209,13 +335,3 @@ class PretrainedMixin:
         load_state_dict_strict(model, weights)
         return model.to(map_location).eval()
 
-    def push_to_hub(
-        self, repo_id: str, private: bool = False, commit_message: str | None = None
-    ) -> str:
-        """Save to a temporary directory and upload it to `repo_id` in one commit."""
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return push_folder_to_hub(
-                tmp, repo_id, private=private,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-            )
