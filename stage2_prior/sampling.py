@@ -24,6 +24,9 @@ from .options import SamplingOptions
 
 __all__ = ["SamplingOptions", "filter_logits", "pick_tokens", "resolve_options", "sample_codes"]
 
+# What a call samples with where neither it nor the stored defaults say otherwise.
+BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+
 
 def _cache_argument(lm: torch.nn.Module) -> str:
     """The name under which this `transformers` model takes and returns its KV cache: `cache` in
@@ -127,14 +130,13 @@ def resolve_options(prior: ImagePrior, class_labels=None, options: SamplingOptio
 
     A default guidance scale applies only when class labels are given; unconditional sampling
     is unguided unless `options` asks for guidance (which `sample_codes` then rejects). In the
-    result `guidance_scale` and `temperature` are set, and `top_k` / `top_p` are None when off.
+    result `guidance_scale`, `temperature`, `top_k` and `top_p` are set (`top_k=0` and
+    `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
     """
     defaults = prior.sampling_defaults if defaults is None else defaults
     if class_labels is None:
         defaults = replace(defaults, guidance_scale=None)
-    chosen = SamplingOptions(guidance_scale=1.0, temperature=1.0).merged(defaults).merged(options)
-    top_p = None if chosen.top_p is None or chosen.top_p >= 1.0 else chosen.top_p
-    return replace(chosen, top_k=chosen.top_k or None, top_p=top_p)
+    return BUILT_IN_DEFAULTS.merged(defaults).merged(options)
 
 
 @torch.no_grad()
@@ -176,7 +178,8 @@ def sample_codes(
     overrides = (options or SamplingOptions()).merged(guidance_scale=guidance_scale, temperature=temperature,
                                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
     chosen = resolve_options(prior, class_labels, overrides)
-    guidance_scale, temperature, top_k, top_p = chosen.guidance_scale, chosen.temperature, chosen.top_k, chosen.top_p
+    guidance_scale, temperature = chosen.guidance_scale, chosen.temperature
+    top_k, top_p = chosen.top_k or None, (chosen.top_p if chosen.top_p < 1.0 else None)
     seed, batch_size = chosen.seed, chosen.batch_size
     layout, lm = prior.layout, prior.lm
     labels = _check_inputs(prior, class_labels, guidance_scale, num_images)

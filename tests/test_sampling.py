@@ -413,7 +413,12 @@ def test_top_k_zero_and_top_p_one_mean_no_filter(prior):
     kw = dict(class_labels=[0, 1, 2, 3], seed=5)
     ref = sample_codes(prior, 4, **kw)
     assert torch.equal(ref, sample_codes(prior, 4, top_k=0, top_p=1.0, **kw))
-    assert resolve_options(prior, [0], SamplingOptions(top_k=0, top_p=1.0)) == SamplingOptions(1.0, 1.0)
+    chosen = resolve_options(prior, [0], SamplingOptions(top_k=0, top_p=1.0))
+    assert chosen == SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    tuned = make_prior()
+    tuned.sampling_defaults = SamplingOptions(top_k=3, top_p=0.5, temperature=2.0, guidance_scale=2.0)
+    assert resolve_options(tuned, [0], chosen) == chosen                      # resolving twice changes nothing
+    assert resolve_options(tuned, None) == SamplingOptions(guidance_scale=1.0, temperature=2.0, top_k=3, top_p=0.5)
 
 
 @pytest.mark.parametrize("old_file", [False, True])
