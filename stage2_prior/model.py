@@ -23,7 +23,8 @@ from safetensors import SafetensorError
 from trainkit.hub import CheckpointError, push_folder_to_hub, resolve_pretrained_dir
 
 from .layout import TokenLayout
-from .options import SamplingOptions, generation_config, load_generation_config, sampling_defaults, save_generation_config
+from .options import (SamplingOptions, generation_config, load_generation_config, sampling_defaults,
+                      save_generation_config)
 
 
 @dataclass

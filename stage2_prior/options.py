@@ -31,7 +31,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from trainkit.hub import CheckpointError
+from trainkit.hub import CheckpointError, atomic_write_text
 
 from .layout import TokenLayout
 
@@ -131,9 +131,15 @@ def generation_config(layout: TokenLayout, defaults: SamplingOptions, base=None)
 
 
 def save_generation_config(directory: str | os.PathLike, config) -> Path:
-    """Write `config` as `generation_config.json` in `directory`; returns the file's path."""
-    config.save_pretrained(directory)
-    return Path(directory) / GENERATION_CONFIG_NAME
+    """Check `config` as transformers does before saving, and write it atomically as
+    `generation_config.json` in `directory`; returns the file's path."""
+    try:
+        config.validate(strict=True)
+    except ValueError as err:
+        raise ValueError(f"the prior's generation config is not valid: {err}") from None
+    path = Path(directory) / GENERATION_CONFIG_NAME
+    atomic_write_text(path, config.to_json_string(use_diff=True, keys_to_pop=["compile_config"]))
+    return path
 
 
 def load_generation_config(directory: str | os.PathLike):

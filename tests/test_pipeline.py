@@ -217,6 +217,20 @@ def test_default_guidance_lives_in_the_saved_prior(pipe, tmp_path):
     assert Pipeline.from_pretrained(saved).default_guidance_scale == 2.0
 
 
+def test_from_components_takes_the_prior_s_guidance_then_the_run_s(tmp_path):
+    make_tokenizer().save_pretrained(tmp_path / "tok")
+    run = {"preview_guidance_scale": 3.0, "model": {"class_dropout_prob": 0.1}, "data": {}}
+    (tmp_path / "run_config.json").write_text(json.dumps(run))
+    make_prior().save_pretrained(tmp_path / "final")
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final").default_guidance_scale == 3.0
+    prior = make_prior()
+    prior.sampling_defaults = SamplingOptions(guidance_scale=1.7)
+    prior.save_pretrained(tmp_path / "final")
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final").default_guidance_scale == 1.7
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final",
+                                    default_guidance_scale=2.5).default_guidance_scale == 2.5
+
+
 def test_bad_generate_arguments(pipe):
     with pytest.raises(ValueError, match=r"unknown class name 'zebra'; known: \['cat', 'dog', 'owl'\]"):
         gen(pipe, class_labels=["dog", "zebra"])

@@ -402,7 +402,8 @@ def test_stored_defaults_apply_and_explicit_options_win(tmp_path):
     explicit = dict(temperature=1.0, top_k=0, guidance_scale=1.0)
     untuned = sample_codes(plain, 6, class_labels=labels, seed=3)
     assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, seed=3, **explicit))
-    assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, options=SamplingOptions(seed=3, **explicit)))
+    as_object = SamplingOptions(seed=3, **explicit)
+    assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, options=as_object))
     assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, temperature=1.0, guidance_scale=1.0,
                                              options=SamplingOptions(seed=4, top_k=0, temperature=0.5), seed=3))
     # without labels the stored guidance does not apply (and is no error)
