@@ -21,6 +21,7 @@ from evalkit.evaluate import (
     PIPELINE_METRICS, TOKENIZER_METRICS, evaluate_pipeline, evaluate_tokenizer, format_table, parse_metrics,
 )
 from evalkit.reference import default_cache_dir
+from stage2_prior import SamplingOptions
 from trainkit.data import DataConfig
 from trainkit.hub import atomic_write_text
 
@@ -94,12 +95,11 @@ def run(argv: list[str] | None = None) -> dict:
             settings = {"split": args.split, "num_samples": args.num_samples, "seed": args.seed}
         else:
             metrics = parse_metrics(args.metrics, PIPELINE_METRICS)
-            generate_kwargs = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
-                                                 ("top_p", args.top_p)) if v is not None}
+            options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
             results, settings = evaluate_pipeline(
                 args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
                 args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,
-                args.nll_split, args.nll_samples, args.token_cache_dir, generate_kwargs, progress)
+                args.nll_split, args.nll_samples, args.token_cache_dir, options, progress)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     report = {"command": args.command, "model": str(args.model), "dataset": args.dataset, "settings": settings,

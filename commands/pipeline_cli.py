@@ -52,9 +52,9 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
                              "class; K x K images for an unconditional pipeline")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance (default: the pipeline's, when classes are given)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="default: the pipeline's (0: greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="default: the pipeline's (0: no top-k)")
+    parser.add_argument("--top-p", type=float, default=None, help="default: the pipeline's (1: no top-p)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default 0)")
     parser.add_argument("--batch-size", type=int, default=None, help="images sampled together (default: all)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -68,22 +68,24 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
         parser.error("--per-class sets the number of images: drop --num-images")
 
     from pipelines.pipeline import Pipeline, format_images
+    from stage2_prior import SamplingOptions
 
     try:
         pipe = Pipeline.from_pretrained(args.pipeline, revision=args.revision, device=args.device)
         names = pipe.class_names
         labels = None if args.class_labels is None else [_label(t, names) for t in args.class_labels]
-        options = dict(guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+        options = SamplingOptions(guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+        progress = not args.no_progress
         if args.per_class is not None:
-            images = pipe.sample_grid(per_class=args.per_class, class_labels=labels, **options)
+            images = pipe.sample_grid(per_class=args.per_class, class_labels=labels, options=options, progress=progress)
             if pipe.conditional:
                 classes = labels if labels is not None else list(range(pipe.num_classes))
                 labels = [c for c in classes for _ in range(args.per_class)]
         else:
             one_for_all = labels is not None and len(labels) == 1
             images = pipe.generate(num_images=args.num_images, class_labels=labels[0] if one_for_all else labels,
-                                   output_type="pt", **options)
+                                   output_type="pt", progress=progress, options=options)
             if one_for_all:
                 labels = labels * images.shape[0]
     except (ValueError, FileNotFoundError, CheckpointError) as err:

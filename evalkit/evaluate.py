@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from stage2_prior.options import SamplingOptions
 from trainkit.data import DataConfig, ImageDataset
 
 from .features import FeatureNetwork, InceptionFID, check_images, get_feature_network
@@ -227,11 +228,14 @@ def evaluate_pipeline(
     nll_split: str = "test",
     nll_samples: int | None = None,
     token_cache_dir: str | Path = "runs/token_cache",
-    generate_kwargs: dict | None = None,
+    options: SamplingOptions | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, dict], dict]:
     """Sample `num_samples` class-balanced images from a saved pipeline and measure them; returns
-    (figures, settings). `guidance_scale=None` uses the pipeline's default."""
+    (figures, settings). `options` holds further sampling options (temperature, top-k, top-p);
+    `seed`, `batch_size` and `guidance_scale` win over its fields when not None, and what is
+    left unset uses the pipeline's defaults. The settings name the options the samples were
+    drawn with (`top_k` 0 and `top_p` 1.0: no filter)."""
     from pipelines import Pipeline
 
     metrics = parse_metrics(metrics, PIPELINE_METRICS)
@@ -241,17 +245,16 @@ def evaluate_pipeline(
     if labels is None and "accuracy" in metrics:
         raise ValueError("class accuracy needs a class-conditional pipeline; this one is unconditional "
                          "(drop 'accuracy' from --metrics)")
-    if guidance_scale is None and labels is not None:
-        guidance_scale = getattr(pipe, "default_guidance_scale", None)
-    settings = {"num_samples": num_samples, "seed": seed, "guidance_scale": guidance_scale,
-                "class_labels": "balanced" if labels else None, **(generate_kwargs or {})}
+    options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
+    settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
+                "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
+                "class_labels": "balanced" if labels else None}
     results: dict[str, dict] = {}
     image_metrics = [m for m in metrics if m in IMAGE_METRICS]
     if image_metrics:
         start = time.perf_counter()
-        images = pipe.generate(num_images=num_samples, class_labels=labels, guidance_scale=guidance_scale,
-                               seed=seed, batch_size=batch_size, output_type="pt", progress=progress,
-                               **(generate_kwargs or {}))
+        images = pipe.generate(num_images=num_samples, class_labels=labels, output_type="pt", progress=progress,
+                               options=options)
         settings["sampling_seconds"] = round(time.perf_counter() - start, 1)
         images = check_images(torch.as_tensor(images))
         data = DataConfig(dataset=dataset, channels=images.shape[1], image_size=images.shape[-1])

@@ -3,9 +3,11 @@
 A pipeline directory (or hub repo) holds
 
     pipeline.json      the manifest: component classes, library version, image size and
-                       channels, grid, codebook size, classes and their names, defaults
+                       channels, grid, codebook size, classes and their names, the default
+                       guidance (a copy for the model card; the prior's generation config holds it)
     tokenizer/         an `ImageTokenizer` (config.json + model.safetensors)
-    prior/             an `ImagePrior` (transformers config.json + model.safetensors + token_layout.json)
+    prior/             an `ImagePrior` (transformers config.json + model.safetensors + token_layout.json
+                       + generation_config.json, the sampling defaults)
     README.md          a model card with usage, metrics and a sample grid
     samples.png        the sample grid (fixed seed, one row per class)
     eval_report.json   the evaluation report, when one was supplied
@@ -21,6 +23,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +32,9 @@ import PIL.Image
 import torch
 
 from stage1_tokenizer import ImageTokenizer
-from stage2_prior import ImagePrior, TokenLayout, sample_codes
+from stage2_prior import ImagePrior, SamplingOptions, TokenLayout, sample_codes
+from stage2_prior.options import generation_config, save_generation_config
+from stage2_prior.sampling import resolve_options
 from trainkit import __version__
 from trainkit.hub import CheckpointError, publish_dir, push_folder_to_hub, resolve_pretrained_dir
 from trainkit.images import save_grid
@@ -86,10 +91,13 @@ def format_images(images: torch.Tensor, output_type: str):
 class Pipeline:
     """Generate, encode, decode and complete images with a tokenizer and a prior that fit together.
 
-    `default_guidance_scale` is the classifier-free guidance used when `generate` is given class
-    labels and no `guidance_scale`; None means 2.0 for a class-conditional prior (the scale of
-    the prior's training previews) and 1.0 (no guidance) for an unconditional one. It is stored
-    in the manifest. `datasets` names the training data for the model card.
+    `sampling_defaults` are the options `generate`, `complete` and `sample_grid` use where a call
+    leaves them unset: the prior's stored defaults (`ImagePrior.sampling_defaults`, taken when the
+    pipeline is built) with the pipeline's `default_guidance_scale`, the classifier-free guidance
+    used when class labels are given. `default_guidance_scale` overrides the prior's; when both
+    are None it is 2.0 for a class-conditional prior (the scale of the training previews) and 1.0
+    (no guidance) for an unconditional one. Saving writes these defaults into the saved prior's
+    `generation_config.json`. `datasets` names the training data for the model card.
     """
 
     def __init__(self, tokenizer: ImageTokenizer, prior: ImagePrior, default_guidance_scale: float | None = None,
@@ -97,11 +105,14 @@ class Pipeline:
         check_components_fit(tokenizer, prior)
         self.tokenizer = tokenizer.eval()
         self.prior = prior.eval()
+        stored = prior.sampling_defaults
+        if default_guidance_scale is None:
+            default_guidance_scale = stored.guidance_scale
         if default_guidance_scale is None:
             default_guidance_scale = 2.0 if prior.layout.conditional else 1.0
         if not prior.layout.conditional and default_guidance_scale != 1.0:
             raise ValueError("an unconditional prior takes no guidance: default_guidance_scale must be 1.0")
-        self.default_guidance_scale = float(default_guidance_scale)
+        self.sampling_defaults = replace(stored, guidance_scale=float(default_guidance_scale))
         self.datasets = list(datasets or [])
         self.eval_report = eval_report
 
@@ -110,6 +121,10 @@ class Pipeline:
     @property
     def layout(self) -> TokenLayout:
         return self.prior.layout
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return self.sampling_defaults.guidance_scale
 
     @property
     def conditional(self) -> bool:
@@ -172,52 +187,58 @@ class Pipeline:
             return 1
         return len(class_labels)
 
-    def _guidance(self, guidance_scale: float | None, class_labels) -> float:
-        if guidance_scale is not None:
-            return float(guidance_scale)
-        return 1.0 if class_labels is None else self.default_guidance_scale
+    def sampling_options(self, class_labels=None, options: SamplingOptions | None = None, **overrides
+                         ) -> SamplingOptions:
+        """The options a sampling call of this pipeline runs with: the `overrides` that are not
+        None, then the fields `options` sets, then `sampling_defaults` (whose guidance applies
+        only with class labels), then the built-in defaults."""
+        chosen = (options or SamplingOptions()).merged(**overrides)
+        return resolve_options(self.prior, class_labels, chosen, defaults=self.sampling_defaults)
 
     def generate(
         self,
         num_images: int | None = None,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
         guidance_scale: float | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
         output_type: OutputType = "pil",
         progress: bool = True,
+        options: SamplingOptions | None = None,
     ):
         """Sample images.
 
         `class_labels`: one per image (ids or names), one for all, or None (unconditional; a
         class-conditional prior then samples from its null class). `num_images` defaults to
-        the number of labels (1 without labels). `guidance_scale` defaults to the pipeline's
-        `default_guidance_scale` when labels are given and to 1.0 (none) otherwise.
-        `seed` makes the result reproducible, whatever `batch_size` (images sampled together;
-        None: all at once). Output: "pil" a list of PIL images (mode L or RGB), "pt" a float32
-        tensor `[N, C, H, W]` in [0, 1], "np" a float32 array `[N, H, W, C]` in [0, 1], "codes"
-        the sampled `LongTensor[N, h, w]`; tensors and arrays are on the CPU.
+        the number of labels (1 without labels). The sampling options come as keywords or as
+        one `options` object (keywords that are not None win); what both leave unset comes from
+        `sampling_defaults`: `guidance_scale` from `default_guidance_scale` when labels are given
+        (1.0, none, otherwise), `temperature`, `top_k`, `top_p` from the prior's stored defaults
+        (temperature 1 and no filters unless it stores others; `top_k=0` / `top_p=1.0` switch a
+        stored filter off). `seed` makes the result reproducible, whatever `batch_size` (images
+        sampled together; None: all at once). Output: "pil" a list of PIL images (mode L or RGB),
+        "pt" a float32 tensor `[N, C, H, W]` in [0, 1], "np" a float32 array `[N, H, W, C]` in
+        [0, 1], "codes" the sampled `LongTensor[N, h, w]`; tensors and arrays are on the CPU.
         """
         self._check_output_type(output_type)
         n = self._num_images(num_images, class_labels)
-        codes = sample_codes(
-            self.prior, n, class_labels=class_labels, guidance_scale=self._guidance(guidance_scale, class_labels),
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-            progress=progress,
-        )
+        chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+        codes = sample_codes(self.prior, n, class_labels=class_labels, options=chosen, progress=progress)
         return self.decode(codes, output_type=output_type)
 
     def sample_grid(self, path: str | os.PathLike | None = None, per_class: int = 8,
-                    class_labels: Sequence[int | str] | None = None, seed: int | None = 0,
-                    guidance_scale: float | None = None, temperature: float = 1.0, top_k: int | None = None,
-                    top_p: float | None = None, batch_size: int | None = None, progress: bool = False
-                    ) -> torch.Tensor:
+                    class_labels: Sequence[int | str] | None = None, seed: int | None = None,
+                    guidance_scale: float | None = None, temperature: float | None = None, top_k: int | None = None,
+                    top_p: float | None = None, batch_size: int | None = None, progress: bool = False,
+                    options: SamplingOptions | None = None) -> torch.Tensor:
         """A grid of samples: one row of `per_class` images per class (all classes, or `class_labels`),
         or `per_class` rows of `per_class` images for an unconditional prior. Returns the images
-        `[N, C, H, W]` in [0, 1] and, with `path`, saves them as one PNG with `per_class` columns."""
+        `[N, C, H, W]` in [0, 1] and, with `path`, saves them as one PNG with `per_class` columns.
+        Sampling options are those of `generate`, with seed 0 unless `seed` or `options` gives one."""
         if per_class < 1:
             raise ValueError(f"per_class must be positive, got {per_class}")
         if self.conditional:
@@ -227,22 +248,27 @@ class Pipeline:
             raise ValueError("this pipeline's prior is unconditional: it takes no class labels")
         else:
             labels = None
+        chosen = SamplingOptions(seed=0).merged(options, guidance_scale=guidance_scale, temperature=temperature,
+                                                top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
         images = self.generate(num_images=len(labels) if labels else per_class * per_class, class_labels=labels,
-                               guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                               seed=seed, batch_size=batch_size, output_type="pt", progress=progress)
+                               output_type="pt", progress=progress, options=chosen)
         if path is not None:
             save_grid(images * 2 - 1, path, nrow=per_class)
         return images
 
-    def grid_caption(self, per_class: int, seed: int | None, guidance_scale: float | None = None) -> str:
-        """A one-line description of what `sample_grid` shows."""
+    def grid_caption(self, per_class: int, seed: int | None, guidance_scale: float | None = None,
+                     options: SamplingOptions | None = None) -> str:
+        """A one-line description of what `sample_grid` shows with these options."""
+        chosen = self.sampling_options([0] if self.conditional else None, options, guidance_scale=guidance_scale)
+        filters = "".join([f", top-k {chosen.top_k}" if chosen.top_k else "",
+                           f", top-p {chosen.top_p:g}" if chosen.top_p < 1.0 else ""])
+        settings = f"temperature {chosen.temperature:g}{filters}."
         if self.conditional:
-            scale = self._guidance(guidance_scale, [0])
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             rows = ", ".join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(names))
             return (f"{per_class} samples per class, one row per class ({rows}); seed {seed}, "
-                    f"guidance scale {scale:g}, temperature 1.")
-        return f"{per_class * per_class} unconditional samples; seed {seed}, temperature 1."
+                    f"guidance scale {chosen.guidance_scale:g}, {settings}")
+        return f"{per_class * per_class} unconditional samples; seed {seed}, {settings}"
 
     # ------------------------------------------------------------------------------------ images <-> codes
 
@@ -354,13 +380,14 @@ class Pipeline:
         keep_rows: int,
         class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
         guidance_scale: float | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
         output_type: OutputType = "pil",
         progress: bool = True,
+        options: SamplingOptions | None = None,
     ):
         """Complete images from their top: encode them, keep the first `keep_rows` rows of codes
         (of the `h` rows of the grid), sample the rest with the prior, decode.
@@ -379,11 +406,10 @@ class Pipeline:
                 f"{self.image_size[0]}x{self.image_size[1]} images (PIL images are resized automatically)"
             )
         prefix = codes.flatten(1)[:, :keep_rows * w]
-        sampled = sample_codes(
-            self.prior, codes.shape[0], class_labels=class_labels,
-            guidance_scale=self._guidance(guidance_scale, class_labels), temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seed, batch_size=batch_size, progress=progress, prefix=prefix,
-        )
+        chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+        sampled = sample_codes(self.prior, codes.shape[0], class_labels=class_labels, options=chosen,
+                               progress=progress, prefix=prefix)
         return self.decode(sampled, output_type=output_type)
 
     # ------------------------------------------------------------------------------------ persistence
@@ -413,6 +439,11 @@ class Pipeline:
             "default_guidance_scale": self.default_guidance_scale,
             "datasets": self.datasets,
         }
+
+    def _save_sampling_defaults(self, prior_directory: Path) -> None:
+        """Write the pipeline's `sampling_defaults` as the saved prior's `generation_config.json`."""
+        config = generation_config(self.layout, self.sampling_defaults, base=self.prior.lm.generation_config)
+        save_generation_config(prior_directory, config)
 
     def save_pretrained(self, save_directory: str | os.PathLike, eval_report: dict | str | os.PathLike | None = None,
                         samples: bool = True, samples_per_class: int = 8, repo_id: str | None = None) -> Path:
@@ -445,6 +476,7 @@ class Pipeline:
         with publish_dir(target, keep_old_files=True) as staging:
             self.tokenizer.save_pretrained(staging / TOKENIZER_FOLDER)
             self.prior.save_pretrained(staging / PRIOR_FOLDER)
+            self._save_sampling_defaults(staging / PRIOR_FOLDER)
             manifest = self.manifest()
             if samples:
                 self.sample_grid(staging / SAMPLES_NAME, per_class=samples_per_class, seed=0)
@@ -496,8 +528,9 @@ class Pipeline:
             except ValueError as err:
                 warnings.warn(f"ignoring the pipeline's evaluation report: {err}", stacklevel=2)
         try:
+            stored = loaded["prior"].sampling_defaults.guidance_scale     # None: saved before the prior held it
             pipe = cls(loaded["tokenizer"], loaded["prior"],
-                       default_guidance_scale=manifest.get("default_guidance_scale"),
+                       default_guidance_scale=manifest.get("default_guidance_scale") if stored is None else None,
                        datasets=manifest.get("datasets"), eval_report=report)
         except ValueError as err:
             raise CheckpointError(f"pipeline {str(directory)!r}: {err}") from None
@@ -518,7 +551,8 @@ class Pipeline:
 
         When the prior is a training run's `final/` directory, its `run_config.json` beside it
         names the training data (for the model card) and, unless `default_guidance_scale` is
-        given, the guidance scale of the run's previews (1.0 if it never dropped classes).
+        given or the prior stores a default guidance, the guidance scale of the run's previews
+        (1.0 if it never dropped classes).
         """
         tok = ImageTokenizer.from_pretrained(tokenizer, map_location=device)
         pri = ImagePrior.from_pretrained(prior, map_location=device)
@@ -531,7 +565,9 @@ class Pipeline:
                 run = {}
             dataset = hub_dataset_id(run.get("data", {}).get("dataset"))
             datasets = [dataset] if dataset else []
-            if default_guidance_scale is None and pri.layout.conditional and "preview_guidance_scale" in run:
+            stored = pri.sampling_defaults.guidance_scale
+            if default_guidance_scale is None and stored is None and pri.layout.conditional \
+                    and "preview_guidance_scale" in run:
                 dropped = run.get("model", {}).get("class_dropout_prob", 0.0) > 0
                 default_guidance_scale = float(run["preview_guidance_scale"]) if dropped else 1.0
         return cls(tok, pri, default_guidance_scale=default_guidance_scale, datasets=datasets)

@@ -2,7 +2,9 @@
 
 The language model is a real `LlamaForCausalLM` (RoPE positions) or `GPT2LMHeadModel`
 (learned absolute positions) built from `PriorConfig`, so a saved prior directory loads with
-`AutoModelForCausalLM.from_pretrained` and works with `generate` like any other.
+`AutoModelForCausalLM.from_pretrained` and works with `generate` like any other. The prior's
+sampling defaults live in the language model's `generation_config` (saved as
+`generation_config.json`; see `stage2_prior.options`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from safetensors import SafetensorError
 from trainkit.hub import CheckpointError, HubModel
 
 from .layout import TokenLayout
+from .options import (SamplingOptions, generation_config, load_generation_config, sampling_defaults,
+                      save_generation_config)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class ImagePrior(HubModel, nn.Module):
             raise ValueError(
                 f"the language model has {lm.config.vocab_size} ids but the token layout needs {layout.vocab_size}"
             )
+        self.sampling_defaults = sampling_defaults(lm.generation_config)
 
     @classmethod
     def from_config(cls, config: PriorConfig, layout: TokenLayout) -> "ImagePrior":
@@ -114,12 +119,27 @@ class ImagePrior(HubModel, nn.Module):
         """Mean NLL (nats per image token) of a batch: the training loss."""
         return self.image_nll(codes, labels, drop_class_prob, validate=validate).mean()
 
+    # ---------------------------------------------------------------- sampling defaults
+
+    @property
+    def sampling_defaults(self) -> SamplingOptions:
+        """The defaults of `sample_codes` (and of a pipeline built on this prior) for the options a
+        call leaves unset, read from `self.lm.generation_config`; assign a `SamplingOptions`
+        (no seed or batch size) to change them, e.g. the guidance scale of the training previews."""
+        return sampling_defaults(self.lm.generation_config)
+
+    @sampling_defaults.setter
+    def sampling_defaults(self, defaults: SamplingOptions) -> None:
+        self.lm.generation_config = generation_config(self.layout, defaults, base=self.lm.generation_config)
+
     # ---------------------------------------------------------------- persistence
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """`config.json` + `model.safetensors` (transformers format) + `token_layout.json`."""
+        """`config.json` + `model.safetensors` (transformers format) + `token_layout.json` +
+        `generation_config.json` (the sampling defaults)."""
         self.lm.save_pretrained(save_directory, safe_serialization=True)
         self.layout.save(save_directory)
+        save_generation_config(save_directory, self.lm.generation_config)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu") -> "ImagePrior":
@@ -137,4 +157,7 @@ class ImagePrior(HubModel, nn.Module):
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if problems:
             raise CheckpointError(f"weights in {str(directory)!r} do not match the model's config: {problems}")
+        stored = load_generation_config(directory)     # None for priors saved before it existed
+        if stored is not None:
+            lm.generation_config = stored
         return cls(lm, layout).to(map_location).eval()

@@ -4,6 +4,9 @@ classifier-free guidance. One sampler serves training previews, the pipeline and
 Randomness is drawn per image from a seed, with the Gumbel-max trick (`argmax(logits / T + g)`
 is an exact sample of `softmax(logits / T)`), so an image depends on its seed and index only,
 not on the batch it was sampled in, and cached and uncached sampling see the same noise.
+
+The options a call leaves unset come from the prior's stored defaults (`ImagePrior.sampling_defaults`,
+its `generation_config.json`); `resolve_options` is the one place where they are merged.
 """
 
 from __future__ import annotations
@@ -11,11 +14,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
 
 from .model import ImagePrior
+from .options import SamplingOptions
+
+__all__ = ["SamplingOptions", "filter_logits", "pick_tokens", "resolve_options", "sample_codes"]
+
+# What a call samples with where neither it nor the stored defaults say otherwise.
+BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
 
 
 def _cache_argument(lm: torch.nn.Module) -> str:
@@ -113,13 +123,29 @@ def _check_prefix(prior: ImagePrior, prefix: torch.Tensor | None, num_images: in
     return prefix.detach().to("cpu", torch.long)
 
 
+def resolve_options(prior: ImagePrior, class_labels=None, options: SamplingOptions | None = None,
+                    defaults: SamplingOptions | None = None) -> SamplingOptions:
+    """The options a call samples with: the fields `options` sets, else those of `defaults`
+    (None: the prior's `sampling_defaults`), else the built-in ones (no guidance, temperature 1).
+
+    A default guidance scale applies only when class labels are given; unconditional sampling
+    is unguided unless `options` asks for guidance (which `sample_codes` then rejects). In the
+    result `guidance_scale`, `temperature`, `top_k` and `top_p` are set (`top_k=0` and
+    `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
+    """
+    defaults = prior.sampling_defaults if defaults is None else defaults
+    if class_labels is None:
+        defaults = replace(defaults, guidance_scale=None)
+    return BUILT_IN_DEFAULTS.merged(defaults).merged(options)
+
+
 @torch.no_grad()
 def sample_codes(
     prior: ImagePrior,
     num_images: int,
     class_labels: Sequence[int | str] | torch.Tensor | int | str | None = None,
-    guidance_scale: float = 1.0,
-    temperature: float = 1.0,
+    guidance_scale: float | None = None,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
@@ -128,6 +154,7 @@ def sample_codes(
     use_cache: bool = True,
     progress: bool = False,
     prefix: torch.Tensor | None = None,
+    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
     """Sample `num_images` code grids `LongTensor[N, h, w]`.
 
@@ -136,6 +163,11 @@ def sample_codes(
     conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
     both rows run in one doubled batch. Only image-code ids are ever emitted.
 
+    The sampling options (`guidance_scale`, `temperature`, `top_k`, `top_p`, `seed`,
+    `batch_size`) may come as keywords or as one `options` object; keywords that are not None
+    win over `options`, and what both leave unset comes from the prior's `sampling_defaults`
+    (see `resolve_options`). `top_k=0` / `top_p=1.0` switch a stored filter off.
+
     `prefix`: optional given codes `LongTensor[N, n]` (the first n positions in raster order,
     0 <= n <= h*w) that are kept verbatim; only positions n.. are sampled. With the KV cache
     the prefix is read in one forward pass. Position t always uses the same noise, so an
@@ -143,10 +175,12 @@ def sample_codes(
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be positive (or None for one batch), got {batch_size}")
+    overrides = (options or SamplingOptions()).merged(guidance_scale=guidance_scale, temperature=temperature,
+                                                      top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+    chosen = resolve_options(prior, class_labels, overrides)
+    guidance_scale, temperature = chosen.guidance_scale, chosen.temperature
+    top_k, top_p = chosen.top_k or None, (chosen.top_p if chosen.top_p < 1.0 else None)
+    seed, batch_size = chosen.seed, chosen.batch_size
     layout, lm = prior.layout, prior.lm
     labels = _check_inputs(prior, class_labels, guidance_scale, num_images)
     prefix = _check_prefix(prior, prefix, num_images)

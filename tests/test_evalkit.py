@@ -386,6 +386,9 @@ def test_pipeline_command_samples_balanced_classes_and_reports(monkeypatch, fash
             calls.append(("from_pretrained", path))
             return cls()
 
+        def sampling_options(self, class_labels, options, **overrides):
+            return options.merged(**overrides)
+
         def generate(self, **kwargs):
             calls.append(("generate", kwargs))
             # real test images of the asked classes stand in for samples
@@ -400,7 +403,8 @@ def test_pipeline_command_samples_balanced_classes_and_reports(monkeypatch, fash
     kwargs = calls[1][1]
     assert calls[0] == ("from_pretrained", "some/pipeline")
     assert kwargs["class_labels"] == [i % 10 for i in range(200)] and kwargs["output_type"] == "pt"
-    assert (kwargs["num_images"], kwargs["seed"], kwargs["guidance_scale"], kwargs["batch_size"]) == (200, 3, 2.0, 50)
+    options = kwargs["options"]
+    assert (kwargs["num_images"], options.seed, options.guidance_scale, options.batch_size) == (200, 3, 2.0, 50)
     report = json.loads(out.read_text())
     assert set(report["metrics"]) == {"fid", "is", "precision", "recall", "accuracy"}
     assert report["metrics"]["accuracy"]["value"] >= 0.9

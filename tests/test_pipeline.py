@@ -15,7 +15,7 @@ import yaml
 from pipelines import Pipeline, write_model_card
 from pipelines.pipeline import DECODE_CHUNK
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
-from stage2_prior import ImagePrior, PriorConfig, TokenLayout
+from stage2_prior import ImagePrior, PriorConfig, SamplingOptions, TokenLayout
 from trainkit.hub import CheckpointError
 
 NAMES = ("cat", "dog", "owl")
@@ -135,6 +135,100 @@ def test_default_guidance(pipe):
     plain = Pipeline(pipe.tokenizer, pipe.prior, default_guidance_scale=1.0)
     assert torch.equal(gen(plain, **kw), gen(pipe, guidance_scale=1.0, **kw))
     assert torch.equal(gen(pipe, num_images=2, seed=2), gen(pipe, num_images=2, seed=2, guidance_scale=1.0))
+
+
+def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
+    prior = make_prior()
+    prior.sampling_defaults = SamplingOptions(temperature=0.6, top_k=12)
+    tuned = Pipeline(make_tokenizer(), prior)
+    plain = Pipeline(make_tokenizer(), make_prior())
+    assert tuned.sampling_defaults == SamplingOptions(guidance_scale=2.0, temperature=0.6, top_k=12)
+    assert tuned.sampling_options([0], seed=1) == SamplingOptions(2.0, 0.6, 12, 1.0, seed=1)
+    assert tuned.sampling_options(None, SamplingOptions(top_k=0)) == SamplingOptions(1.0, 0.6, 0, 1.0)
+    kw = dict(class_labels=[0, 1, 2, 0, 1, 2], seed=4, output_type="codes")
+    ref = gen(tuned, **kw)
+    assert torch.equal(ref, gen(plain, temperature=0.6, top_k=12, **kw))
+    assert not torch.equal(ref, gen(tuned, temperature=1.0, **kw))
+    assert torch.equal(gen(tuned, temperature=1.0, top_k=0, **kw), gen(plain, **kw))
+    # one options object does what the keywords do; keywords win over it
+    assert torch.equal(gen(tuned, temperature=1.0, top_k=0, guidance_scale=1.5, **kw),
+                       gen(tuned, options=SamplingOptions(temperature=1.0, top_k=0, guidance_scale=1.5, seed=4),
+                           **{**kw, "seed": None}))
+    assert torch.equal(ref, gen(tuned, options=SamplingOptions(temperature=1.0, seed=9), temperature=0.6, **kw))
+    # the defaults travel with the saved pipeline, in its prior's generation config
+    saved = tuned.save_pretrained(tmp_path / "p", samples=False)
+    config = json.loads((saved / "prior" / "generation_config.json").read_text())
+    assert (config["temperature"], config["top_k"], config["class_guidance_scale"]) == (0.6, 12, 2.0)
+    loaded = Pipeline.from_pretrained(saved)
+    assert loaded.sampling_defaults == tuned.sampling_defaults
+    assert torch.equal(gen(loaded, **kw), ref)
+    assert torch.equal(gen(loaded, **kw), gen(loaded, temperature=0.6, **kw))
+    assert "temperature 0.6, top-k 12." in loaded.grid_caption(8, seed=0)
+
+
+def test_generate_command_uses_the_stored_defaults_unless_told(tmp_path):
+    from pipelines.cli import generate_main
+
+    prior = make_prior()
+    prior.sampling_defaults = SamplingOptions(temperature=0.6, guidance_scale=1.5)
+    saved = Pipeline(make_tokenizer(), prior).save_pretrained(tmp_path / "p", samples=False)
+    loaded = Pipeline.from_pretrained(saved)
+
+    def command(*options) -> np.ndarray:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        files = generate_main([str(saved), "--class-labels", "0", "2", "1", "--seed", "3", "--output-dir", str(out),
+                               "--no-progress", *options])
+        return np.stack([np.asarray(PIL.Image.open(f)) for f in files])
+
+    def expected(**kw) -> np.ndarray:
+        images = loaded.generate(class_labels=[0, 2, 1], seed=3, progress=False, **kw)
+        return np.stack([np.asarray(im) for im in images])
+
+    stored = command()
+    assert np.array_equal(stored, expected())
+    assert np.array_equal(stored, expected(temperature=0.6, guidance_scale=1.5))
+    told = command("--temperature", "1", "--guidance-scale", "1", "--top-k", "4")
+    assert np.array_equal(told, expected(temperature=1.0, guidance_scale=1.0, top_k=4))
+    assert not np.array_equal(told, stored)
+
+
+def test_default_guidance_lives_in_the_saved_prior(pipe, tmp_path):
+    other = Pipeline(pipe.tokenizer, pipe.prior, default_guidance_scale=3.0)
+    assert pipe.default_guidance_scale == 2.0 and pipe.prior.sampling_defaults.guidance_scale is None
+    saved = other.save_pretrained(tmp_path / "p", samples=False)
+    prior = ImagePrior.from_pretrained(saved / "prior")
+    assert prior.sampling_defaults.guidance_scale == 3.0
+    kw = dict(class_labels=[0, 1, 2], seed=6)
+    from stage2_prior import sample_codes
+    assert torch.equal(sample_codes(prior, 3, **kw), sample_codes(pipe.prior, 3, guidance_scale=3.0, **kw))
+    loaded = Pipeline.from_pretrained(saved)
+    assert loaded.default_guidance_scale == 3.0
+    assert torch.equal(gen(loaded, output_type="codes", **kw), gen(other, output_type="codes", **kw))
+    # the prior's value is the one read; the manifest's copy is read only for pipelines saved without it
+    manifest = json.loads((saved / "pipeline.json").read_text())
+    (saved / "pipeline.json").write_text(json.dumps({**manifest, "default_guidance_scale": 4.0}))
+    assert Pipeline.from_pretrained(saved).default_guidance_scale == 3.0
+    (saved / "prior" / "generation_config.json").unlink()
+    old = Pipeline.from_pretrained(saved)
+    assert old.default_guidance_scale == 4.0
+    assert old.sampling_defaults == SamplingOptions(guidance_scale=4.0, temperature=1.0)
+    del manifest["default_guidance_scale"]
+    (saved / "pipeline.json").write_text(json.dumps(manifest))
+    assert Pipeline.from_pretrained(saved).default_guidance_scale == 2.0
+
+
+def test_from_components_takes_the_prior_s_guidance_then_the_run_s(tmp_path):
+    make_tokenizer().save_pretrained(tmp_path / "tok")
+    run = {"preview_guidance_scale": 3.0, "model": {"class_dropout_prob": 0.1}, "data": {}}
+    (tmp_path / "run_config.json").write_text(json.dumps(run))
+    make_prior().save_pretrained(tmp_path / "final")
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final").default_guidance_scale == 3.0
+    prior = make_prior()
+    prior.sampling_defaults = SamplingOptions(guidance_scale=1.7)
+    prior.save_pretrained(tmp_path / "final")
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final").default_guidance_scale == 1.7
+    assert Pipeline.from_components(tmp_path / "tok", tmp_path / "final",
+                                    default_guidance_scale=2.5).default_guidance_scale == 2.5
 
 
 def test_bad_generate_arguments(pipe):

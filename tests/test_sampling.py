@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from stage2_prior.layout import TokenLayout
 from stage2_prior.model import ImagePrior, PriorConfig
-from stage2_prior.sampling import filter_logits, sample_codes
+from stage2_prior.sampling import SamplingOptions, filter_logits, resolve_options, sample_codes
 from trainkit.hub import CheckpointError
 
 K = 16
@@ -289,7 +289,8 @@ def test_bad_inputs(prior, uncond_prior):
         sample_codes(prior, 2, class_labels=["one", "zebra"])
     with pytest.raises(ValueError, match="num_images"):
         sample_codes(prior, 0, class_labels=0)
-    for bad in (dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(batch_size=-1)):
+    for bad in (dict(temperature=-1.0), dict(top_k=-1), dict(top_k=2.5), dict(top_p=0.0), dict(top_p=1.5),
+                dict(batch_size=-1)):
         with pytest.raises(ValueError):
             sample_codes(prior, 2, class_labels=0, **bad)
 
@@ -326,6 +327,139 @@ def test_saved_prior_works_with_transformers_generate(prior, tmp_path):
     assert reloaded.layout == prior.layout
     assert torch.equal(sample_codes(reloaded, 4, class_labels=labels, seed=3),
                        sample_codes(prior, 4, class_labels=labels, seed=3))
+
+
+def saved_with_defaults(tmp_path, arch: str = "llama", **defaults) -> ImagePrior:
+    """A tiny prior whose sampling defaults are `defaults`, saved into `tmp_path`."""
+    prior = make_prior(arch)
+    prior.sampling_defaults = SamplingOptions(**defaults)
+    prior.save_pretrained(tmp_path)
+    return prior
+
+
+def test_saved_prior_holds_its_sampling_defaults_in_generation_config(tmp_path):
+    import json
+
+    fresh = json.loads((make_prior().save_pretrained(tmp_path / "fresh") / "generation_config.json").read_text())
+    assert (fresh["do_sample"], fresh["temperature"], fresh["top_k"], fresh["top_p"]) == (True, 1.0, 0, 1.0)
+    assert fresh.get("guidance_scale") is None and fresh["class_guidance_scale"] is None
+    assert (fresh["max_new_tokens"], fresh["min_new_tokens"]) == (T, T)
+    assert fresh["suppress_tokens"] == list(range(K, LAYOUT.vocab_size))
+    assert fresh["bos_token_id"] == fresh["eos_token_id"] == fresh["pad_token_id"] == LAYOUT.bos_id
+
+    saved_with_defaults(tmp_path / "tuned", temperature=0.7, top_k=5, top_p=0.9, guidance_scale=2.5)
+    tuned = json.loads((tmp_path / "tuned" / "generation_config.json").read_text())
+    assert (tuned["temperature"], tuned["top_k"], tuned["top_p"], tuned["class_guidance_scale"]) == (0.7, 5, 0.9, 2.5)
+    assert tuned.get("guidance_scale") is None
+    reloaded = ImagePrior.from_pretrained(tmp_path / "tuned")
+    assert reloaded.sampling_defaults == SamplingOptions(guidance_scale=2.5, temperature=0.7, top_k=5, top_p=0.9)
+
+    saved_with_defaults(tmp_path / "greedy", temperature=0.0)
+    greedy = json.loads((tmp_path / "greedy" / "generation_config.json").read_text())
+    assert greedy["do_sample"] is False and "temperature" not in greedy
+    assert ImagePrior.from_pretrained(tmp_path / "greedy").sampling_defaults.temperature == 0.0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_plain_transformers_generate_uses_the_stored_defaults(tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    labels = torch.tensor([0, 1, 2, 3])
+    start = LAYOUT.class_id(labels)[:, None]
+    # greedy by default, with a stored guidance that transformers' own CFG must not pick up on its own
+    prior = saved_with_defaults(tmp_path / "greedy", arch, temperature=0.0, guidance_scale=3.0)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "greedy").eval()
+    out = lm.generate(start, attention_mask=torch.ones_like(start))
+    assert torch.equal(out[:, 1:], sample_codes(prior, 4, class_labels=labels, guidance_scale=1.0).flatten(1))
+    guided = lm.generate(start, attention_mask=torch.ones_like(start),
+                         guidance_scale=lm.generation_config.class_guidance_scale,
+                         negative_prompt_ids=torch.full_like(start, LAYOUT.null_id))
+    assert torch.equal(guided[:, 1:], sample_codes(prior, 4, class_labels=labels).flatten(1))
+    assert not torch.equal(guided, out)
+    # sampling by default: a whole grid of image codes; top_k=1 makes it the greedy grid
+    saved_with_defaults(tmp_path / "top1", arch, temperature=1.0, top_k=1)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "top1").eval()
+    assert lm.generation_config.do_sample
+    assert torch.equal(lm.generate(start, attention_mask=torch.ones_like(start)), out)
+    saved_with_defaults(tmp_path / "sampled", arch)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "sampled").eval()
+    torch.manual_seed(0)
+    sampled = lm.generate(start.repeat(8, 1), attention_mask=torch.ones_like(start.repeat(8, 1)))
+    assert sampled.shape == (32, 1 + T) and int(sampled[:, 1:].max()) < K
+    assert not torch.equal(sampled[:4], out)
+
+
+def test_stored_defaults_apply_and_explicit_options_win(tmp_path):
+    labels = [0, 1, 2, 3, 0, 1]
+    plain = make_prior()
+    saved_with_defaults(tmp_path, temperature=1.6, top_k=6, guidance_scale=2.5)
+    tuned = ImagePrior.from_pretrained(tmp_path)
+    ref = sample_codes(tuned, 6, class_labels=labels, seed=3)
+    assert torch.equal(ref, sample_codes(plain, 6, class_labels=labels, seed=3, temperature=1.6, top_k=6,
+                                         guidance_scale=2.5))
+    assert not torch.equal(ref, sample_codes(tuned, 6, class_labels=labels, seed=3, temperature=1.0))
+    # overrides win, as keywords or as one options object; top_k=0 switches the stored top-k off
+    explicit = dict(temperature=1.0, top_k=0, guidance_scale=1.0)
+    untuned = sample_codes(plain, 6, class_labels=labels, seed=3)
+    assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, seed=3, **explicit))
+    as_object = SamplingOptions(seed=3, **explicit)
+    assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, options=as_object))
+    assert torch.equal(untuned, sample_codes(tuned, 6, class_labels=labels, temperature=1.0, guidance_scale=1.0,
+                                             options=SamplingOptions(seed=4, top_k=0, temperature=0.5), seed=3))
+    # without labels the stored guidance does not apply (and is no error)
+    assert torch.equal(sample_codes(tuned, 2, seed=1), sample_codes(plain, 2, seed=1, temperature=1.6, top_k=6))
+
+
+def test_top_k_zero_and_top_p_one_mean_no_filter(prior):
+    kw = dict(class_labels=[0, 1, 2, 3], seed=5)
+    ref = sample_codes(prior, 4, **kw)
+    assert torch.equal(ref, sample_codes(prior, 4, top_k=0, top_p=1.0, **kw))
+    chosen = resolve_options(prior, [0], SamplingOptions(top_k=0, top_p=1.0))
+    assert chosen == SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    tuned = make_prior()
+    tuned.sampling_defaults = SamplingOptions(top_k=3, top_p=0.5, temperature=2.0, guidance_scale=2.0)
+    assert resolve_options(tuned, [0], chosen) == chosen                      # resolving twice changes nothing
+    assert resolve_options(tuned, None) == SamplingOptions(guidance_scale=1.0, temperature=2.0, top_k=3, top_p=0.5)
+
+
+@pytest.mark.parametrize("old_file", [False, True])
+def test_priors_saved_without_sampling_defaults_load_with_the_built_in_ones(tmp_path, old_file):
+    prior = make_prior()
+    prior.save_pretrained(tmp_path)
+    config = tmp_path / "generation_config.json"
+    if old_file:     # what saving wrote before the prior stored sampling defaults
+        config.write_text('{"_from_model_config": true, "bos_token_id": 21, "eos_token_id": 21, '
+                          '"transformers_version": "5.24.0", "use_cache": true}')
+    else:
+        config.unlink()
+    old = ImagePrior.from_pretrained(tmp_path)
+    assert old.sampling_defaults == SamplingOptions(temperature=1.0)
+    labels = [0, 1, 2, 3]
+    assert torch.equal(sample_codes(old, 4, class_labels=labels, seed=2),
+                       sample_codes(prior, 4, class_labels=labels, seed=2, temperature=1.0, guidance_scale=1.0))
+    old.save_pretrained(tmp_path / "again")                          # re-saving writes the defaults out
+    assert ImagePrior.from_pretrained(tmp_path / "again").sampling_defaults == old.sampling_defaults
+
+
+def test_sampling_options_checks_and_merging(tmp_path):
+    for bad in (dict(temperature=-0.5), dict(top_k=-1), dict(top_k=1.5), dict(top_p=0.0), dict(top_p=2.0),
+                dict(batch_size=0), dict(guidance_scale=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingOptions(**bad)
+    base = SamplingOptions(guidance_scale=2.0, temperature=0.8, seed=1)
+    assert base.merged(SamplingOptions(temperature=0.5), seed=None, top_k=3) == \
+        SamplingOptions(guidance_scale=2.0, temperature=0.5, top_k=3, seed=1)
+    with pytest.raises(TypeError, match="unknown sampling option"):
+        base.merged(temprature=1.0)
+    prior = make_prior()
+    with pytest.raises(ValueError, match="no default seed or batch size"):
+        prior.sampling_defaults = SamplingOptions(seed=3)
+    with pytest.raises(ValueError, match="unconditional prior takes no guidance"):
+        make_prior(layout=UNCOND).sampling_defaults = SamplingOptions(guidance_scale=2.0)
+    prior.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="generation_config.json"):
+        ImagePrior.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
