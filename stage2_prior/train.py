@@ -25,6 +25,7 @@ from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_comma
 from .evaluate import bits_per_token
 from .layout import TokenLayout
 from .model import ImagePrior, PriorConfig
+from .options import SamplingOptions
 from .sampling import sample_codes
 from .tokens import build_token_splits
 
@@ -66,6 +67,9 @@ class PriorTask(TrainTask):
         self.layout = TokenLayout(tokens.codebook_size, tokens.grid, num_classes,
                                   tokens.class_names if cfg.conditional else None)
         self.model = ImagePrior.from_config(cfg.model, self.layout)
+        if self.layout.conditional:   # the saved prior's default guidance: the previews' (none without dropout)
+            guidance = cfg.preview_guidance_scale if cfg.model.class_dropout_prob > 0 else 1.0
+            self.model.sampling_defaults = SamplingOptions(guidance_scale=guidance)
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
 

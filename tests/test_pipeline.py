@@ -167,7 +167,7 @@ def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
 
 
 def test_generate_command_uses_the_stored_defaults_unless_told(tmp_path):
-    from pipelines.cli import generate_main
+    from commands.pipeline_cli import generate_main
 
     prior = make_prior()
     prior.sampling_defaults = SamplingOptions(temperature=0.6, guidance_scale=1.5)

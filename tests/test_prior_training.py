@@ -32,6 +32,7 @@ def test_short_conditional_run_nll_falls(digits_parquet, tiny_tokenizer_dir, tmp
     assert (out / "samples" / "step-0000060.png").is_file()
     prior = ImagePrior.from_pretrained(out / "final")
     assert prior.layout.num_classes == 10 and prior.layout.grid == (4, 4) and prior.layout.codebook_size == 32
+    assert prior.sampling_defaults.guidance_scale == 2.0     # the previews' guidance, saved with the model
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(out / "final")
