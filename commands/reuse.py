@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainkit.hub import atomic_write_text
+from trainkit.hub import atomic_write_text, file_sha256
 
 RUN_CONFIG_NAME = "run_config.json"          # the trainer's resolved configuration, in the run directory
 STAGE_INPUTS_NAME = "main_job_inputs.json"   # what the main job trained a stage on beyond its configuration
@@ -60,14 +60,6 @@ def read_json(path: Path) -> dict | None:
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_fingerprint(root: Path, names: Sequence[str]) -> str:
