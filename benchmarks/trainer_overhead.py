@@ -16,9 +16,11 @@ steps after `--warmup`, and their ratio, with the machine kind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -107,7 +109,7 @@ def trainer_step_seconds(task: TrainTask, cfg, steps: int, warmup: int) -> float
     train = cfg.train
     train.max_steps, train.max_minutes, train.progress_bar = warmup + steps + 1, None, False
     train.eval_every = train.checkpoint_every = 10 ** 9
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):   # stdout is the JSON
         task.val_dataset = None
         run_training(task, train, out)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]

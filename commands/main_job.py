@@ -35,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -235,7 +236,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass(frozen=True)
+class JobPaths:
+    """Where every stage of the job writes, under `--output-dir`."""
+
+    out: Path
+
+    @property
+    def tokenizer_run(self) -> Path:
+        return self.out / "tokenizer"
+
+    @property
+    def prior_run(self) -> Path:
+        return self.out / "prior"
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.out / "pipeline"
+
+    @property
+    def grid(self) -> Path:
+        return self.out / "class_grid.png"
+
+    @property
+    def grid_record(self) -> Path:
+        return self.out / "class_grid.json"
+
+    @property
+    def pipeline_record(self) -> Path:
+        return self.out / "pipeline_inputs.json"
+
+    @property
+    def eval_record(self) -> Path:
+        return self.out / "evaluation_settings.json"
+
+    def derived(self) -> list[Path]:
+        """What is made from the trained stages, and is replaced with them."""
+        return [self.pipeline_dir, self.grid, self.grid_record, self.pipeline_record, self.eval_record]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_overrides(parser, "--tokenizer-override", args.tokenizer_override)
@@ -244,96 +284,131 @@ def main(argv: list[str] | None = None) -> dict:
         if not config.is_file():
             parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config (the default "
                          "recipes come with the package: reinstall it if they are missing)")
-    out = Path(args.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer_run, prior_run = out / "tokenizer", out / "prior"
-    pipeline_dir, grid_path = out / "pipeline", out / "class_grid.png"
+    return args
 
+
+def stage_overrides(args: argparse.Namespace, paths: JobPaths) -> tuple[list[str], list[str]]:
+    """The `key=value` overrides of the tokenizer's and the prior's recipes."""
     common = [f"data.dataset={args.data}"] if args.data else []
-    tokenizer_overrides = [*common, *([f"train.max_minutes={args.tokenizer_minutes}"]
-                                      if args.tokenizer_minutes is not None else []), *args.tokenizer_override]
-    prior_overrides = [f"tokenizer={tokenizer_run / 'final'}", f"token_cache_dir={out / 'token_cache'}", *common,
-                       *([f"train.max_minutes={args.prior_minutes}"] if args.prior_minutes is not None else []),
-                       *args.prior_override]
+    tokenizer = [*common, *([f"train.max_minutes={args.tokenizer_minutes}"] if args.tokenizer_minutes is not None
+                            else []), *args.tokenizer_override]
+    prior = [f"tokenizer={paths.tokenizer_run / 'final'}", f"token_cache_dir={paths.out / 'token_cache'}", *common,
+             *([f"train.max_minutes={args.prior_minutes}"] if args.prior_minutes is not None else []),
+             *args.prior_override]
+    return tokenizer, prior
+
+
+def train_stages(args: argparse.Namespace, paths: JobPaths) -> None:
+    """Train (or reuse, or resume) the tokenizer, then the prior on its codes."""
     from stage1_tokenizer.train import TokenizerTrainConfig
     from stage2_prior.train import PriorTrainConfig
 
-    grid_record, pipeline_record = out / "class_grid.json", out / "pipeline_inputs.json"
-    eval_record = out / "evaluation_settings.json"
-    derived = [pipeline_dir, grid_path, grid_record, pipeline_record, eval_record]
-    try:
-        config = resolve_stage_config(TokenizerTrainConfig, args.tokenizer_config,
-                                      stage_arguments(tokenizer_run, tokenizer_overrides))
-        check_stage("tokenizer", tokenizer_run, config, {}, (*reuse.IGNORED_KEYS, *TOKENIZER_DERIVED_KEYS), out,
-                    args.retrain_changed, [prior_run, *derived])
-        run_stage("tokenizer", "stage1_tokenizer.train", args.tokenizer_config, tokenizer_run, tokenizer_overrides,
-                  args.launch_args)
-        config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
-        inputs = {TOKENIZER_WEIGHTS_KEY: reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")}
-        check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS), out,
-                    args.retrain_changed, derived)
-        prior_run.mkdir(parents=True, exist_ok=True)
-        reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
-        run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
-    except (ConfigError, StageFailed, StageChanged) as err:
-        sys.exit(f"imagegen-main: error: {err}")
+    tokenizer_overrides, prior_overrides = stage_overrides(args, paths)
+    tokenizer_run, prior_run = paths.tokenizer_run, paths.prior_run
+    config = resolve_stage_config(TokenizerTrainConfig, args.tokenizer_config,
+                                  stage_arguments(tokenizer_run, tokenizer_overrides))
+    check_stage("tokenizer", tokenizer_run, config, {}, (*reuse.IGNORED_KEYS, *TOKENIZER_DERIVED_KEYS), paths.out,
+                args.retrain_changed, [prior_run, *paths.derived()])
+    run_stage("tokenizer", "stage1_tokenizer.train", args.tokenizer_config, tokenizer_run, tokenizer_overrides,
+              args.launch_args)
+    config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
+    inputs = {TOKENIZER_WEIGHTS_KEY: reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")}
+    check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS), paths.out,
+                args.retrain_changed, paths.derived())
+    prior_run.mkdir(parents=True, exist_ok=True)
+    reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
+    run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
 
-    import torch
 
-    from pipelines.card import EVAL_REPORT_NAME, load_eval_report, write_model_card
+def assemble(paths: JobPaths):
+    """The pipeline directory, rebuilt when a component changed; returns the pipeline when it was
+    (re)built (else None) and the fingerprint of what its samples depend on."""
+    from pipelines.card import EVAL_REPORT_NAME
     from pipelines.pipeline import MANIFEST_NAME, Pipeline
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
     components = {name: reuse.file_sha256(run / "final" / "model.safetensors")
-                  for name, run in (("tokenizer", tokenizer_run), ("prior", prior_run))}
-    try:
-        pipe = None
-        if (pipeline_dir / MANIFEST_NAME).is_file() and reuse.settings_match(pipeline_record, components):
-            print(f"[main] pipeline: {pipeline_dir} is up to date, skipping", flush=True)
-        else:
-            (pipeline_dir / EVAL_REPORT_NAME).unlink(missing_ok=True)    # it described the previous components
-            pipe = Pipeline.from_components(tokenizer_run / "final", prior_run / "final")
-            pipe.save_pretrained(pipeline_dir)
-            reuse.write_json(pipeline_record, components)
-            print(f"[main] pipeline: saved to {pipeline_dir}", flush=True)
-        pipeline_id = reuse.tree_fingerprint(pipeline_dir, PIPELINE_CONTENT)
-        grid_settings = {"pipeline": pipeline_id, "per_class": args.per_class, "seed": args.seed,
-                         "guidance_scale": args.guidance_scale}
-        if grid_path.is_file() and reuse.settings_match(grid_record, grid_settings):
-            print(f"[main] class grid: {grid_path} is up to date, skipping", flush=True)
-        else:
-            pipe = pipe or Pipeline.from_pretrained(pipeline_dir)
-            pipe.sample_grid(grid_path, per_class=args.per_class, seed=args.seed, guidance_scale=args.guidance_scale,
-                             progress=True)
-            reuse.write_json(grid_record, grid_settings)
-            caption = pipe.grid_caption(args.per_class, args.seed, args.guidance_scale)
-            print(f"[main] class grid: {grid_path} ({caption})", flush=True)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        sys.exit(f"imagegen-main: error: {err}")
-
-    eval_settings = {"pipeline": pipeline_id, "seed": args.seed, "num_samples": args.eval_samples,
-                     "metrics": args.eval_metrics, "dataset": args.data}
-    if (pipeline_dir / EVAL_REPORT_NAME).is_file() and reuse.settings_match(eval_record, eval_settings):
-        print(f"[main] evaluation: {pipeline_dir / EVAL_REPORT_NAME} is up to date, skipping", flush=True)
-        report = load_eval_report(pipeline_dir / EVAL_REPORT_NAME)
+                  for name, run in (("tokenizer", paths.tokenizer_run), ("prior", paths.prior_run))}
+    pipe = None
+    if (paths.pipeline_dir / MANIFEST_NAME).is_file() and reuse.settings_match(paths.pipeline_record, components):
+        print(f"[main] pipeline: {paths.pipeline_dir} is up to date, skipping", flush=True)
     else:
-        report = evaluate_pipeline(pipeline_dir, out, seed=args.seed, num_samples=args.eval_samples,
-                                   metrics=args.eval_metrics, dataset=args.data)
-        if report is not None:
-            write_model_card(pipeline_dir, eval_report=report)
-            reuse.write_json(eval_record, eval_settings)
+        (paths.pipeline_dir / EVAL_REPORT_NAME).unlink(missing_ok=True)    # it described the previous components
+        pipe = Pipeline.from_components(paths.tokenizer_run / "final", paths.prior_run / "final")
+        pipe.save_pretrained(paths.pipeline_dir)
+        reuse.write_json(paths.pipeline_record, components)
+        print(f"[main] pipeline: saved to {paths.pipeline_dir}", flush=True)
+    return pipe, reuse.tree_fingerprint(paths.pipeline_dir, PIPELINE_CONTENT)
+
+
+def draw_class_grid(args: argparse.Namespace, paths: JobPaths, pipe, pipeline_id: str) -> None:
+    """`class_grid.png`, redrawn when the pipeline or the grid's settings changed."""
+    from pipelines.pipeline import Pipeline
+
+    settings = {"pipeline": pipeline_id, "per_class": args.per_class, "seed": args.seed,
+                "guidance_scale": args.guidance_scale}
+    if paths.grid.is_file() and reuse.settings_match(paths.grid_record, settings):
+        print(f"[main] class grid: {paths.grid} is up to date, skipping", flush=True)
+        return
+    pipe = pipe or Pipeline.from_pretrained(paths.pipeline_dir)
+    pipe.sample_grid(paths.grid, per_class=args.per_class, seed=args.seed, guidance_scale=args.guidance_scale,
+                     progress=True)
+    reuse.write_json(paths.grid_record, settings)
+    caption = pipe.grid_caption(args.per_class, args.seed, args.guidance_scale)
+    print(f"[main] class grid: {paths.grid} ({caption})", flush=True)
+
+
+def evaluate(args: argparse.Namespace, paths: JobPaths, pipeline_id: str) -> dict | None:
+    """The pipeline's evaluation report, redone when the pipeline or the evaluation's settings changed."""
+    from pipelines.card import EVAL_REPORT_NAME, load_eval_report, write_model_card
+
+    settings = {"pipeline": pipeline_id, "seed": args.seed, "num_samples": args.eval_samples,
+                "metrics": args.eval_metrics, "dataset": args.data}
+    report_path = paths.pipeline_dir / EVAL_REPORT_NAME
+    if report_path.is_file() and reuse.settings_match(paths.eval_record, settings):
+        print(f"[main] evaluation: {report_path} is up to date, skipping", flush=True)
+        return load_eval_report(report_path)
+    report = evaluate_pipeline(paths.pipeline_dir, paths.out, seed=args.seed, num_samples=args.eval_samples,
+                               metrics=args.eval_metrics, dataset=args.data)
+    if report is not None:
+        write_model_card(paths.pipeline_dir, eval_report=report)
+        reuse.write_json(paths.eval_record, settings)
+    return report
+
+
+def write_metrics(paths: JobPaths, report: dict | None) -> dict:
+    """`metrics.json`: the training runs' final validation metrics and the pipeline's evaluation."""
     metrics = {
-        "tokenizer": reuse.read_json(tokenizer_run / "final" / "eval_metrics.json"),
-        "prior": reuse.read_json(prior_run / "final" / "eval_metrics.json"),
+        "tokenizer": reuse.read_json(paths.tokenizer_run / "final" / "eval_metrics.json"),
+        "prior": reuse.read_json(paths.prior_run / "final" / "eval_metrics.json"),
         "pipeline": report,
-        "artefacts": {"tokenizer": str(tokenizer_run / "final"), "prior": str(prior_run / "final"),
-                      "pipeline": str(pipeline_dir), "class_grid": str(grid_path)},
+        "artefacts": {"tokenizer": str(paths.tokenizer_run / "final"), "prior": str(paths.prior_run / "final"),
+                      "pipeline": str(paths.pipeline_dir), "class_grid": str(paths.grid)},
     }
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(paths.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print("[main] metrics (training runs' final validation; pipeline evaluation):")
     print(json.dumps({k: metrics[k] for k in ("tokenizer", "prior", "pipeline")}, indent=2), flush=True)
     return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train both stages, assemble the pipeline, draw the class grid, evaluate; returns the metrics."""
+    args = parse_args(argv)
+    paths = JobPaths(Path(args.output_dir).resolve())
+    paths.out.mkdir(parents=True, exist_ok=True)
+    try:
+        train_stages(args, paths)
+    except (ConfigError, StageFailed, StageChanged) as err:
+        sys.exit(f"imagegen-main: error: {err}")
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    try:
+        pipe, pipeline_id = assemble(paths)
+        draw_class_grid(args, paths, pipe, pipeline_id)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        sys.exit(f"imagegen-main: error: {err}")
+    return write_metrics(paths, evaluate(args, paths, pipeline_id))
 
 
 cli = console_script(main)
