@@ -241,34 +241,18 @@ class JobPaths:
     """Where every stage of the job writes, under `--output-dir`."""
 
     out: Path
+    tokenizer_run: Path
+    prior_run: Path
+    pipeline_dir: Path
+    grid: Path
+    grid_record: Path          # the settings the grid was drawn with
+    pipeline_record: Path      # the component weights the pipeline was assembled from
+    eval_record: Path          # the settings of the evaluation
 
-    @property
-    def tokenizer_run(self) -> Path:
-        return self.out / "tokenizer"
-
-    @property
-    def prior_run(self) -> Path:
-        return self.out / "prior"
-
-    @property
-    def pipeline_dir(self) -> Path:
-        return self.out / "pipeline"
-
-    @property
-    def grid(self) -> Path:
-        return self.out / "class_grid.png"
-
-    @property
-    def grid_record(self) -> Path:
-        return self.out / "class_grid.json"
-
-    @property
-    def pipeline_record(self) -> Path:
-        return self.out / "pipeline_inputs.json"
-
-    @property
-    def eval_record(self) -> Path:
-        return self.out / "evaluation_settings.json"
+    @classmethod
+    def under(cls, out: Path) -> "JobPaths":
+        return cls(out, out / "tokenizer", out / "prior", out / "pipeline", out / "class_grid.png",
+                   out / "class_grid.json", out / "pipeline_inputs.json", out / "evaluation_settings.json")
 
     def derived(self) -> list[Path]:
         """What is made from the trained stages, and is replaced with them."""
@@ -393,7 +377,7 @@ def write_metrics(paths: JobPaths, report: dict | None) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Train both stages, assemble the pipeline, draw the class grid, evaluate; returns the metrics."""
     args = parse_args(argv)
-    paths = JobPaths(Path(args.output_dir).resolve())
+    paths = JobPaths.under(Path(args.output_dir).resolve())
     paths.out.mkdir(parents=True, exist_ok=True)
     try:
         train_stages(args, paths)
