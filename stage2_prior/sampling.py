@@ -11,7 +11,6 @@ its `generation_config.json`); `resolve_options` is the one place where they are
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,6 +18,7 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
+from .decoding import make_decoder
 from .model import ImagePrior
 from .options import SamplingOptions
 
@@ -26,12 +26,6 @@ __all__ = ["SamplingOptions", "filter_logits", "pick_tokens", "resolve_options",
 
 # What a call samples with where neither it nor the stored defaults say otherwise.
 BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
-
-
-def _cache_argument(lm: torch.nn.Module) -> str:
-    """The name under which this `transformers` model takes and returns its KV cache: `cache` in
-    recent releases, `past_key_values` in earlier ones and in architectures not yet renamed."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
@@ -61,6 +55,35 @@ def pick_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor 
     eps = torch.finfo(uniform.dtype).eps
     gumbel = -torch.log(-torch.log(uniform.clamp(eps, 1 - eps)))
     return (logits / temperature + gumbel).argmax(-1)
+
+
+def _int64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = _int64(0x9E3779B97F4A7C15), _int64(0xBF58476D1CE4E5B9), _int64(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's `>>` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def uniform_noise(seeds: torch.Tensor, position: int, size: int) -> torch.Tensor:
+    """Uniform numbers in (0, 1), `[len(seeds), size]` float32, for one position of each image.
+
+    A counter-based generator (the splitmix64 finaliser of seed + counter): the value for
+    (image seed, position, code) is fixed, computed on the seeds' device, with O(batch x codes)
+    work and memory per step. So an image's noise depends on its seed alone, whatever batch it
+    is drawn in and whether the sampler caches.
+    """
+    counters = torch.arange(size, device=seeds.device, dtype=torch.int64) + (position * size + 1)
+    z = seeds[:, None] + counters * _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return ((_shift_right(z, 11).double() + 0.5) * 2.0 ** -53).float()
 
 
 @contextmanager
@@ -191,44 +214,46 @@ def sample_codes(
     K, T = layout.codebook_size, layout.num_image_tokens
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
-    out[:, :n] = prefix
-    cache_kw = _cache_argument(lm)
     bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
     with _eval_mode(lm):                               # no dropout while sampling (e.g. training previews)
         for start in range(0, num_images, batch_size):
             stop = min(start + batch_size, num_images)
-            B = stop - start
-            noise = None
-            if temperature > 0 and n < T:
-                noise = torch.stack([torch.rand(T, K, generator=torch.Generator().manual_seed(int(s)))
-                                     for s in seeds[start:stop]]).to(device)          # [B, T, K]
-            if labels is None:
-                cond = layout.condition_ids(None, B)
-            else:
-                cond = layout.class_id(labels[start:stop])
-            given = prefix[start:stop]
-            if guided:
-                cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
-                given = torch.cat([given, given])
-            ids = torch.cat([cond[:, None], given], dim=1).to(device)    # the first step reads the whole prefix
-            past = None
-            codes = torch.empty(B, T, dtype=torch.long, device=device)
-            codes[:, :n] = prefix[start:stop].to(device)
-            for t in range(n, T):
-                if use_cache:
-                    result = lm(input_ids=ids if past is None else ids[:, -1:], use_cache=True, **{cache_kw: past})
-                    past = result[cache_kw]
-                else:
-                    result = lm(input_ids=ids, use_cache=False)
-                logits = result.logits[:, -1, :K].float()                         # image codes only
-                if guided:
-                    c, u = logits.chunk(2)
-                    logits = u + guidance_scale * (c - u)
-                logits = filter_logits(logits, top_k, top_p, temperature)
-                nxt = pick_tokens(logits, temperature, None if noise is None else noise[:, t])
-                codes[:, t] = nxt
-                ids = torch.cat([ids, (torch.cat([nxt, nxt]) if guided else nxt)[:, None]], dim=1)
-                bar.update(B)
+            codes = _sample_batch(prior, labels[start:stop] if labels is not None else None,
+                                  prefix[start:stop], seeds[start:stop].to(device), guidance_scale if guided else None,
+                                  temperature, top_k, top_p, use_cache, bar)
             out[start:stop] = codes.cpu()
     bar.close()
     return out.reshape(num_images, *layout.grid)
+
+
+def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.Tensor, seeds: torch.Tensor,
+                  guidance_scale: float | None, temperature: float, top_k: int | None, top_p: float | None,
+                  use_cache: bool, bar) -> torch.Tensor:
+    """Codes `[B, T]` (on the prior's device) for one batch: a condition token and the given
+    prefix read in one step, then one step per sampled position. With guidance the batch is
+    doubled (conditional rows, then null-class rows) and both halves take the mixed choice."""
+    layout, lm = prior.layout, prior.lm
+    B, n = prefix.shape
+    K, T = layout.codebook_size, layout.num_image_tokens
+    device = seeds.device
+    cond = layout.condition_ids(None, B) if labels is None else layout.class_id(labels)
+    rows = 2 * B if guidance_scale is not None else B
+    if guidance_scale is not None:
+        cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
+    codes = torch.empty(B, T, dtype=torch.long, device=device)
+    codes[:, :n] = prefix.to(device)
+    decoder = make_decoder(lm, rows, 1 + T, K, use_cache=use_cache)
+    given = codes[:, :n] if guidance_scale is None else codes[:, :n].repeat(2, 1)
+    step_ids = torch.cat([cond[:, None].to(device), given], dim=1)
+    for t in range(n, T):
+        logits = decoder.step(step_ids)
+        if guidance_scale is not None:
+            c, u = logits.chunk(2)
+            logits = torch.lerp(u, c, guidance_scale)             # u + s (c - u)
+        logits = filter_logits(logits, top_k, top_p, temperature)
+        noise = uniform_noise(seeds, t, K) if temperature > 0 else None
+        nxt = pick_tokens(logits, temperature, noise)
+        codes[:, t] = nxt
+        step_ids = (nxt if guidance_scale is None else nxt.repeat(2))[:, None]
+        bar.update(B)
+    return codes
