@@ -2,8 +2,10 @@
 classifier-free guidance. One sampler serves training previews, the pipeline and benchmarks.
 
 Randomness is drawn per image from a seed, with the Gumbel-max trick (`argmax(logits / T + g)`
-is an exact sample of `softmax(logits / T)`), so an image depends on its seed and index only,
-not on the batch it was sampled in, and cached and uncached sampling see the same noise.
+is an exact sample of `softmax(logits / T)`). The uniform numbers come from a counter-based
+generator (`uniform_noise`), one `[batch, codes]` draw per step on the model's device, so an
+image depends on its seed only, not on the batch it was sampled in, cached and uncached
+sampling see the same noise, and memory does not grow with the grid.
 
 The options a call leaves unset come from the prior's stored defaults (`ImagePrior.sampling_defaults`,
 its `generation_config.json`); `resolve_options` is the one place where they are merged.
@@ -15,10 +17,11 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
+import inspect
+
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import make_decoder
 from .model import ImagePrior
 from .options import SamplingOptions
 
@@ -226,6 +229,31 @@ def sample_codes(
     return out.reshape(num_images, *layout.grid)
 
 
+class _Decoder:
+    """Feeds a causal LM one step at a time: `step(ids [B, s])` appends the ids (s > 1 only for the
+    first step: the condition token and a prefix) and returns the next token's logits over the
+    first `num_logits` ids, in float32. The ids live in one preallocated buffer on the model's
+    device; with `use_cache` only the new ids are fed, with transformers' KV cache."""
+
+    def __init__(self, lm: torch.nn.Module, batch: int, max_len: int, num_logits: int, use_cache: bool = True):
+        self.lm, self.num_logits, self.use_cache = lm, num_logits, use_cache
+        # `cache` in recent transformers releases, `past_key_values` in earlier ones and unrenamed architectures
+        self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        self.ids = torch.empty(batch, max_len, dtype=torch.long, device=next(lm.parameters()).device)
+        self.length, self.past = 0, None
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        start, end = self.length, self.length + ids.shape[1]
+        self.ids[:, start:end] = ids
+        self.length = end
+        if self.use_cache:
+            result = self.lm(input_ids=ids, use_cache=True, **{self.cache_kw: self.past})
+            self.past = result[self.cache_kw]
+        else:
+            result = self.lm(input_ids=self.ids[:, :end], use_cache=False)
+        return result.logits[:, -1, :self.num_logits].float()
+
+
 def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.Tensor, seeds: torch.Tensor,
                   guidance_scale: float | None, temperature: float, top_k: int | None, top_p: float | None,
                   use_cache: bool, bar) -> torch.Tensor:
@@ -242,7 +270,7 @@ def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.
         cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     codes[:, :n] = prefix.to(device)
-    decoder = make_decoder(lm, rows, 1 + T, K, use_cache=use_cache)
+    decoder = _Decoder(lm, rows, 1 + T, K, use_cache=use_cache)
     given = codes[:, :n] if guidance_scale is None else codes[:, :n].repeat(2, 1)
     step_ids = torch.cat([cond[:, None].to(device), given], dim=1)
     for t in range(n, T):

@@ -480,31 +480,7 @@ def test_guidance_on_an_unconditional_prior_and_fractional_labels_are_errors(unc
         sample_codes(make_prior(), 1, class_labels=[1.5], seed=0)
 
 
-# ------------------------------------------------------------------------------------------ fast decoding, noise
-
-
-@pytest.mark.parametrize("prefix_len", [0, 4])
-def test_llama_decoder_gives_the_transformers_logits_at_every_step(prefix_len):
-    from stage2_prior.decoding import LlamaDecoder
-
-    prior = make_prior("llama", sharpen=1.0)
-    assert LlamaDecoder.supports(prior.lm)
-    g = torch.Generator().manual_seed(3)
-    ids = torch.cat([LAYOUT.class_id(torch.tensor([0, 3, 1])[:, None]),
-                     torch.randint(0, K, (3, T), generator=g)], dim=1)          # [3, 1 + T]
-    expected = code_logits(prior, ids)                                          # [3, 1 + T, K]
-    decoder = LlamaDecoder(prior.lm, batch=3, max_len=1 + T, num_logits=K)
-    got = [decoder.step(ids[:, :1 + prefix_len])]
-    got += [decoder.step(ids[:, t:t + 1]) for t in range(1 + prefix_len, 1 + T)]
-    torch.testing.assert_close(torch.stack(got, 1), expected[:, prefix_len:], atol=1e-5, rtol=1e-4)
-
-
-def test_the_fast_decoder_does_not_cover_other_architectures():
-    from stage2_prior.decoding import HFDecoder, LlamaDecoder, make_decoder
-
-    assert not LlamaDecoder.supports(make_prior("gpt2").lm)
-    assert isinstance(make_decoder(make_prior("gpt2").lm, 2, 1 + T, K), HFDecoder)
-    assert isinstance(make_decoder(make_prior("llama").lm, 2, 1 + T, K, use_cache=False), HFDecoder)
+# ------------------------------------------------------------------------------------------ noise
 
 
 def test_uniform_noise_is_a_function_of_seed_position_and_code():
