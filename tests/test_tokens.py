@@ -153,7 +153,9 @@ for ds in (splits.train, splits.val):
     h.update(ds.codes.long().numpy().tobytes())
     h.update(ds.labels.numpy().tobytes())
 state = PartialState()
-print(f"rank={{state.process_index}}/{{state.num_processes}} reused={{splits.reused}} digest={{h.hexdigest()}}")
+report = f"rank={{state.process_index}}/{{state.num_processes}} reused={{splits.reused}} digest={{h.hexdigest()}}"
+with open(sys.argv[4] + f".rank{{state.process_index}}", "w") as f:   # one file each: printed lines can interleave
+    f.write(report + "\\n")
 """
 
 
@@ -171,9 +173,10 @@ def test_two_processes_match_single_process(tokenizer, data, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", str(free_port()), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no"]
-    result = run_module([str(script), str(tmp_path / "tokenizer"), data.dataset, str(tmp_path / "multi")],
+    report = tmp_path / "report"
+    result = run_module([str(script), str(tmp_path / "tokenizer"), data.dataset, str(tmp_path / "multi"), str(report)],
                         env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher, timeout=300)
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
+    lines = sorted(p.read_text().strip() for p in tmp_path.glob("report.rank*"))
     assert [line.split()[0] for line in lines] == ["rank=0/2", "rank=1/2"], result.stdout + result.stderr
     assert {line.split()[1] for line in lines} == {"reused=False"}
     assert {line.split()[2] for line in lines} == {f"digest={digest(single)}"}
