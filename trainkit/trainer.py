@@ -159,6 +159,20 @@ class TrainTask:
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _keeping_rng(batches):
+    """The batches of a resumed, part-consumed epoch, with the CPU RNG left as it was before they
+    started. Starting a loader draws its base seed from that RNG: the uninterrupted run made that
+    draw at the epoch's start, before the checkpoint, so the resumed run must not make it again, or
+    random ops in the steps (e.g. the prior's class dropout) would run one draw ahead."""
+    state = torch.get_rng_state()
+    iterator = iter(batches)
+    first = next(iterator, None)
+    torch.set_rng_state(state)
+    if first is not None:
+        yield first
+        yield from iterator
+
+
 def lr_factor(progress: float, step: int, cfg: TrainConfig | Any, warmup_steps: int | None = None) -> float:
     """The learning rate of optimizer step `step` (0-based) as a fraction of the peak: linear warm-up
     over `warmup_steps` (the first step runs at 1/warmup_steps of the peak), then cosine from 1 to
@@ -358,9 +372,9 @@ class Trainer:
 
     def _load_checkpoint(self, directory: Path) -> None:
         try:
-            self.accelerator.load_state(str(directory))
-            if self.cfg.shard == "fsdp":
+            if self.cfg.shard == "fsdp":   # first: the RNG states accelerate restores must be the last word
                 devices.load_sharded(self.model, self.parts[MAIN_PART].optimizer, directory)
+            self.accelerator.load_state(str(directory))
         except Exception as err:  # truncated files, or a checkpoint of another model
             raise CheckpointError(
                 f"cannot resume from {directory}: {type(err).__name__}: {err}. The checkpoint is damaged or "
@@ -388,7 +402,8 @@ class Trainer:
             self.train_loader.set_epoch(self.state.epoch)
             batches = self.train_loader
             if self.state.batches_in_epoch:
-                batches = self.accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+                batches = _keeping_rng(self.accelerator.skip_first_batches(self.train_loader,
+                                                                           self.state.batches_in_epoch))
             for batch in batches:
                 if self.train_step(batch):
                     self._after_optimizer_step()
