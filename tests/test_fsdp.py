@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_module
+from hubserver import LocalHub, client, hub_env
 from stage2_prior import ImagePrior
 from test_prior_training import prior_args, read_metrics
 from test_training import train_args
@@ -117,6 +118,24 @@ def test_resume_of_an_unsharded_prior_run_matches_too(digits_parquet, tiny_token
     expected = load_file(str(ref / "final" / "model.safetensors"))
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], atol=0, rtol=0, msg=name)
+
+
+def test_sharded_run_pushes_the_gathered_model_at_every_save(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "prior"
+    with LocalHub(tmp_path / "hub") as hub:
+        env = {**hub_env(hub, tmp_path / "home"), "ACCELERATE_USE_CPU": "1"}
+        run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, *SHARD, "train.max_steps=20",
+                              "train.checkpoint_every=10", "train.eval_every=1000", "hub.repo_id=user/sharded",
+                              "hub.strategy=every_save"), env=env, launcher=launcher(5, "--multi_gpu"))
+        commits = client(hub, tmp_path / "home2", f"""
+            from huggingface_hub import HfApi, hf_hub_download
+            print("\\n".join(c.title for c in HfApi().list_repo_commits("user/sharded")))
+            remote = open(hf_hub_download("user/sharded", "model.safetensors"), "rb").read()
+            assert remote == open("{out}/final/model.safetensors", "rb").read()
+            from stage2_prior import ImagePrior
+            ImagePrior.from_pretrained("user/sharded")
+        """)
+    assert "step 10" in commits and "step 20" in commits
 
 
 def test_bf16_and_gradient_accumulation_under_sharding(digits_parquet, tiny_tokenizer_dir, tmp_path):
