@@ -120,13 +120,15 @@ def test_resume_of_an_unsharded_prior_run_matches_too(digits_parquet, tiny_token
         torch.testing.assert_close(final[name], expected[name], atol=0, rtol=0, msg=name)
 
 
-def test_sharded_run_pushes_the_gathered_model_at_every_save(digits_parquet, tiny_tokenizer_dir, tmp_path):
+def test_sharded_run_pushes_the_gathered_model_at_every_save_under_bf16(digits_parquet, tiny_tokenizer_dir,
+                                                                        tmp_path):
     out = tmp_path / "prior"
     with LocalHub(tmp_path / "hub") as hub:
         env = {**hub_env(hub, tmp_path / "home"), "ACCELERATE_USE_CPU": "1"}
         run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, *SHARD, "train.max_steps=20",
-                              "train.checkpoint_every=10", "train.eval_every=1000", "hub.repo_id=user/sharded",
-                              "hub.strategy=every_save"), env=env, launcher=launcher(5, "--multi_gpu"))
+                              "train.checkpoint_every=10", "train.eval_every=1000", "train.mixed_precision=bf16",
+                              "hub.repo_id=user/sharded", "hub.strategy=every_save"),
+                   env=env, launcher=launcher(5, "--multi_gpu"))
         commits = client(hub, tmp_path / "home2", f"""
             from huggingface_hub import HfApi, hf_hub_download
             print("\\n".join(c.title for c in HfApi().list_repo_commits("user/sharded")))
@@ -136,22 +138,33 @@ def test_sharded_run_pushes_the_gathered_model_at_every_save(digits_parquet, tin
             ImagePrior.from_pretrained("user/sharded")
         """)
     assert "step 10" in commits and "step 20" in commits
-
-
-def test_bf16_and_gradient_accumulation_under_sharding(digits_parquet, tiny_tokenizer_dir, tmp_path):
-    out = tmp_path / "bf16"
-    run_sharded(digits_parquet, tiny_tokenizer_dir, out, 2, "train.max_steps=10", "train.grad_accum_steps=2",
-                "train.mixed_precision=bf16", "train.eval_every=10", "train.checkpoint_every=10")
-    info = json.loads((out / "run_info.json").read_text())
-    assert info["mixed_precision"] == "bf16"
-    rows = read_metrics(out)
-    assert [r["step"] for r in rows if "train/loss" in r] == [5, 10]
-    assert [r["train/samples_seen"] for r in rows if "train/loss" in r] == [5 * 2 * 32, 10 * 2 * 32]
-    assert all(torch.isfinite(torch.tensor(r["train/loss"])) for r in rows if "train/loss" in r)
+    assert json.loads((out / "run_info.json").read_text())["mixed_precision"] == "bf16"
+    losses = [r["train/loss"] for r in read_metrics(out) if "train/loss" in r]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     for r in shard_reports(out):   # float32 weights at rest; bf16 only in the gathered compute copies
         assert r["local_parameter_bytes"] == 4 * r["local_parameters"]
     final = load_file(str(out / "final" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in final.values())
+
+
+def test_sharded_accumulation_and_clipping_train_as_ddp_does(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    args = ["train.batch_size=16", "train.max_steps=10", "train.grad_accum_steps=2", "train.grad_clip=0.05",
+            "train.eval_every=1000", "train.checkpoint_every=1000"]
+    sharded, ddp = tmp_path / "sharded", tmp_path / "ddp"
+    # each run builds its own token cache: a run that builds it initialises the model after the
+    # encoding's random draws, one that reuses it does not
+    run_sharded(digits_parquet, tiny_tokenizer_dir, sharded, 2, *args, f"token_cache_dir={sharded}_tokens")
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, ddp, *args, f"token_cache_dir={ddp}_tokens"),
+               env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher(6, "--multi_gpu"))
+    rows = {out: [r for r in read_metrics(out) if "train/loss" in r] for out in (sharded, ddp)}
+    assert [r["step"] for r in rows[sharded]] == [5, 10]
+    assert [r["train/samples_seen"] for r in rows[sharded]] == [5 * 2 * 32, 10 * 2 * 32]
+    for a, b in zip(rows[sharded], rows[ddp]):
+        assert a["train/lr"] == b["train/lr"]
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+    final, expected = (load_file(str(out / "final" / "model.safetensors")) for out in (sharded, ddp))
+    for name in expected:   # the same updates, up to the order of float additions in the reductions
+        torch.testing.assert_close(final[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_accelerates_fsdp_plugin_on_cpu_processes_fails_loudly(digits_parquet, tiny_tokenizer_dir, tmp_path):
@@ -176,6 +189,6 @@ def test_sharding_the_tokenizer_is_refused_with_the_way_out(digits_parquet, tmp_
 
 
 def test_weight_ema_under_sharding_is_a_clear_error(digits_parquet, tiny_tokenizer_dir, tmp_path):
-    result = run_sharded(digits_parquet, tiny_tokenizer_dir, tmp_path / "p", 4, "train.ema_decay=0.99",
-                         "train.max_steps=2", check=False)
+    result = run_module(prior_args(digits_parquet, tiny_tokenizer_dir, tmp_path / "p", *SHARD,
+                                   "train.ema_decay=0.99"), check=False)
     assert result.returncode != 0 and "train.ema_decay is not supported with train.shard=fsdp" in result.stderr
