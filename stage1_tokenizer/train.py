@@ -49,6 +49,10 @@ class TokenizerTask(TrainTask):
         self.train_dataset = splits.train
         self.val_dataset = splits.val
 
+    def shard_blocks(self) -> tuple[str, ...]:
+        """None: a convolutional model small enough to train data-parallel (`train.shard` refuses it)."""
+        return ()
+
     def training_step(self, model, batch, step):
         images, _ = batch
         out = model(images, step=step)

@@ -73,6 +73,10 @@ class PriorTask(TrainTask):
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
 
+    def shard_blocks(self) -> tuple[str, ...]:
+        """The transformer blocks of both architectures: the units `train.shard=fsdp` shards."""
+        return ("LlamaDecoderLayer", "GPT2Block")
+
     def training_step(self, model, batch, step):
         codes, labels = batch
         loss = model(codes, labels if self.layout.conditional else None,     # checked once, in the token cache

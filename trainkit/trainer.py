@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config, to_dict
+from . import devices
 from .devices import check_world_size, resolve_mixed_precision, use_channels_last
 from .ema import WeightEMA
-from .hub import CheckpointError, push_folder_to_hub
+from .hub import CheckpointError, atomic_write_text, push_folder_to_hub
 from .images import save_grid
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class TrainConfig:
     # None: as `accelerate launch` says; "auto": bf16 where it is faster than fp32 (see `resolve_mixed_precision`)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     channels_last: bool = False           # convolutional models: NHWC weights and activations (see `use_channels_last`)
+    # None: data-parallel (DDP, a full model per process); "fsdp": shard the model, its gradients and
+    # optimizer state over the processes (torch's FSDP2, on the blocks the task names: `TrainTask.shard_blocks`)
+    shard: Literal["fsdp"] | None = None
     seed: int = 0
     num_threads: int | None = None        # torch intra-op threads per process (None: torch's default)
     num_workers: int = 0
@@ -120,6 +124,11 @@ class TrainTask:
     train_dataset: Dataset
     val_dataset: Dataset | None
 
+    def shard_blocks(self) -> tuple[str, ...]:
+        """The class names of the model's repeated blocks, the units `train.shard=fsdp` shards;
+        empty when the task cannot be sharded (it then trains data-parallel only)."""
+        return ()
+
     def extra_parts(self) -> list[Part]:
         """Modules besides `model` that the trainer optimises, checkpoints and resumes."""
         return []
@@ -148,6 +157,20 @@ class TrainTask:
                 continue
             (decay if p.ndim >= 2 and "embed" not in name and "codebook" not in name else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _keeping_rng(batches):
+    """The batches of a resumed, part-consumed epoch, with the CPU RNG left as it was before they
+    started. Starting a loader draws its base seed from that RNG: the uninterrupted run made that
+    draw at the epoch's start, before the checkpoint, so the resumed run must not make it again, or
+    random ops in the steps (e.g. the prior's class dropout) would run one draw ahead."""
+    state = torch.get_rng_state()
+    iterator = iter(batches)
+    first = next(iterator, None)
+    torch.set_rng_state(state)
+    if first is not None:
+        yield first
+        yield from iterator
 
 
 def lr_factor(progress: float, step: int, cfg: TrainConfig | Any, warmup_steps: int | None = None) -> float:
@@ -252,12 +275,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         check_world_size(accelerator)
-        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-            raise ValueError(
-                f"this trainer supports data-parallel runs (DDP: `accelerate launch --multi_gpu`, any number of "
-                f"processes and machines), not {accelerator.distributed_type.value}: its evaluations, samples and "
-                "final save read the full model on each process. Launch without the sharding plugin"
-            )
+        devices.check_shard_launch(accelerator)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         set_seed(cfg.seed)
@@ -271,6 +289,8 @@ class Trainer:
         if len(parts) > 1 and accelerator.mixed_precision == "fp16":
             raise ValueError(f"this task trains {names} with optimizers of their own, which fp16's single loss "
                              "scaler cannot serve: use train.mixed_precision=bf16 or no")
+        if cfg.shard == "fsdp":
+            self._shard(parts)
         optimizers = []
         for part in parts:
             if cfg.channels_last:
@@ -278,9 +298,12 @@ class Trainer:
             decay = cfg.weight_decay if part.weight_decay is None else part.weight_decay
             optimizers.append(torch.optim.AdamW(self.task.param_groups(part.module, decay), lr=0.0,
                                                 betas=tuple(part.betas or cfg.betas)))
-        prepared = accelerator.prepare(*[p.module for p in parts], *optimizers, train_loader)
-        modules, optimizers = prepared[:len(parts)], prepared[len(parts):2 * len(parts)]
-        self.train_loader = prepared[-1]
+        if cfg.shard == "fsdp":   # the model is sharded already; accelerate shards the data only
+            modules, self.train_loader = [p.module for p in parts], accelerator.prepare(train_loader)
+        else:
+            prepared = accelerator.prepare(*[p.module for p in parts], *optimizers, train_loader)
+            modules, optimizers = prepared[:len(parts)], prepared[len(parts):2 * len(parts)]
+            self.train_loader = prepared[-1]
         self.val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
         self.parts = {p.name: _Optimised(p, m, o) for p, m, o in zip(parts, modules, optimizers)}
         if len(parts) > 1:   # each part's loss fills the gradients of that part's parameters only
@@ -294,6 +317,32 @@ class Trainer:
             self._load_checkpoint(resume_from)
         accelerator.init_trackers("tensorboard")
         self.metrics = MetricsWriter(accelerator, self.output_dir, self.state.step if resume_from else None)
+
+    def _shard(self, parts: list[Part]) -> None:
+        """`train.shard=fsdp`: check the task can be sharded, keep an empty twin of the model for the
+        final save (process 0), and shard the model over the processes."""
+        cfg, task, accelerator = self.cfg, self.task, self.accelerator
+        blocks = task.shard_blocks()
+        if not blocks:
+            raise ValueError(f"train.shard=fsdp: {type(task).__name__} cannot be sharded (it names no blocks to "
+                             "shard; convolutional models train data-parallel): drop train.shard and launch "
+                             "with `accelerate launch --multi_gpu` as usual")
+        if len(parts) > 1:
+            raise ValueError(f"train.shard=fsdp shards the model alone, but this task also trains "
+                             f"{[p.name for p in parts[1:]]}: drop train.shard")
+        if cfg.ema_decay:
+            raise ValueError("train.ema_decay is not supported with train.shard=fsdp (the average would be a full "
+                             "copy of the model on every process): set train.ema_decay=null or drop train.shard")
+        self._twin = devices.meta_twin(task.model) if accelerator.is_main_process else None
+        devices.shard_model(task.model, blocks, accelerator.device.type, accelerator.mixed_precision)
+
+    def _write_shard_report(self) -> None:
+        """`shards/rank-N.json`: what this process holds of the model and its optimizer state."""
+        report = {"rank": self.accelerator.process_index, "num_processes": self.accelerator.num_processes,
+                  **devices.shard_report(self.model, self.parts[MAIN_PART].optimizer)}
+        folder = self.output_dir / "shards"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"rank-{report['rank']}.json", json.dumps(report, indent=2) + "\n")
 
     def _write_run_files(self) -> None:
         accelerator = self.accelerator
@@ -323,6 +372,8 @@ class Trainer:
 
     def _load_checkpoint(self, directory: Path) -> None:
         try:
+            if self.cfg.shard == "fsdp":   # first: the RNG states accelerate restores must be the last word
+                devices.load_sharded(self.model, self.parts[MAIN_PART].optimizer, directory)
             self.accelerator.load_state(str(directory))
         except Exception as err:  # truncated files, or a checkpoint of another model
             raise CheckpointError(
@@ -351,7 +402,8 @@ class Trainer:
             self.train_loader.set_epoch(self.state.epoch)
             batches = self.train_loader
             if self.state.batches_in_epoch:
-                batches = self.accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+                batches = _keeping_rng(self.accelerator.skip_first_batches(self.train_loader,
+                                                                           self.state.batches_in_epoch))
             for batch in batches:
                 if self.train_step(batch):
                     self._after_optimizer_step()
@@ -396,6 +448,7 @@ class Trainer:
         accelerator, cfg = self.accelerator, self.cfg
         accelerator.unscale_gradients()   # fp16 only; once for all optimizers
         norms = [torch.nn.utils.clip_grad_norm_(p.module.parameters(), cfg.grad_clip or math.inf) for p in active]
+        norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]   # sharded: the global norm
         if norms and not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
             detail = ", ".join(f"{p.part.name}: loss {float(losses[p.part.name].detach()):.4g}, gradient norm {float(n):.4g}"
                                for p, n in zip(active, norms))
@@ -459,8 +512,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluate, checkpoint, finish
 
-    def trained_model(self) -> torch.nn.Module:
-        """The model to evaluate, save and push: the weight average when there is one."""
+    def trained_model(self) -> torch.nn.Module | None:
+        """The model to evaluate, save and push: the weight average when there is one. Sharded, a
+        collective call: the full model on process 0 and None on the others."""
+        if self.cfg.shard == "fsdp":
+            state = devices.gather_full_state(self.model)
+            return devices.materialize(self._twin, state) if self.accelerator.is_main_process else None
         live = self.accelerator.unwrap_model(self.model)
         return self.ema.module(live) if self.ema is not None else live
 
@@ -487,35 +544,45 @@ class Trainer:
         accelerator, state = self.accelerator, self.state
         tmp = ckpt.temp_dir(self.checkpoints, state.step)
         accelerator.save_state(str(tmp), safe_serialization=True)
+        if self.cfg.shard == "fsdp":
+            devices.save_sharded(self.model, self.parts[MAIN_PART].optimizer, tmp)
         if self.ema is not None and accelerator.is_main_process:
             self.ema.save(tmp)
         accelerator.wait_for_everyone()
+        push = self.hub.repo_id and self.hub.strategy == "every_save"
+        model = self.trained_model() if push and self.cfg.shard == "fsdp" else None   # every process gathers
         if accelerator.is_main_process:
             final = ckpt.finalize(self.checkpoints, state.step, state, self.cfg.keep_checkpoints)
             accelerator.print(f"checkpoint {final}")
-            if self.hub.repo_id and self.hub.strategy == "every_save":
-                self._push(f"step {state.step}")
+            if push:
+                self._push(f"step {state.step}", model)
         accelerator.wait_for_everyone()
 
     def finish(self) -> dict[str, float]:
         """A last evaluation, the final model in `output_dir/final` (+ its metrics), the hub push."""
         self.evaluate()
         accelerator = self.accelerator
+        model = None
+        if self.cfg.shard == "fsdp":
+            self._write_shard_report()
+            model = self.trained_model()   # every process takes part in the gather
         if accelerator.is_main_process:
             final_dir = self.output_dir / "final"
-            self.task.save_final(self.trained_model(), final_dir)
+            model = model if model is not None else self.trained_model()
+            self.task.save_final(model, final_dir)
             (final_dir / "eval_metrics.json").write_text(
                 json.dumps({"step": self.state.step, **self.last_eval}, indent=2) + "\n")
             accelerator.print(f"final model saved to {final_dir}")
             if self.hub.repo_id:
-                self._push(f"final model (step {self.state.step})")
+                self._push(f"final model (step {self.state.step})", model)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.last_eval
 
-    def _push(self, message: str) -> None:
+    def _push(self, message: str, model: torch.nn.Module | None = None) -> None:
+        """Main process: save `model` (default: `trained_model()`) to a staging folder and push it."""
         with tempfile.TemporaryDirectory(dir=self.output_dir) as staging:
-            self.task.save_final(self.trained_model(), Path(staging))
+            self.task.save_final(model if model is not None else self.trained_model(), Path(staging))
             url = push_folder_to_hub(staging, self.hub.repo_id, private=self.hub.private, commit_message=message)
         logger.info("pushed %s to %s", message, url)
 
