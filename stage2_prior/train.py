@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from stage1_tokenizer import ImageTokenizer
@@ -66,6 +67,9 @@ class PriorTask(TrainTask):
         num_classes = tokens.num_classes if cfg.conditional else 0
         self.layout = TokenLayout(tokens.codebook_size, tokens.grid, num_classes,
                                   tokens.class_names if cfg.conditional else None)
+        # Building the token cache draws random numbers; reusing it does not. Seed again so the
+        # initial weights are the same either way.
+        set_seed(cfg.train.seed)
         self.model = ImagePrior.from_config(cfg.model, self.layout)
         if self.layout.conditional:   # the saved prior's default guidance: the previews' (none without dropout)
             guidance = cfg.preview_guidance_scale if cfg.model.class_dropout_prob > 0 else 1.0

@@ -68,3 +68,16 @@ def test_bad_prior_settings(digits_parquet, tiny_tokenizer_dir, tmp_path):
                         check=False)
     assert result.returncode != 0 and "not divisible by num_heads" in result.stderr
 
+
+
+def test_initial_weights_do_not_depend_on_whether_the_token_cache_was_built(digits_parquet, tiny_tokenizer_dir,
+                                                                            tmp_path):
+    from stage2_prior.train import PriorTask, PriorTrainConfig
+    from trainkit.config import load_config
+
+    cfg = load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml",
+                      [f"data.dataset={digits_parquet}", f"tokenizer={tiny_tokenizer_dir}",
+                       f"token_cache_dir={tmp_path / 'tokens'}", *TINY_PRIOR])
+    built, reused = PriorTask(cfg), PriorTask(cfg)          # the first encodes the data, the second reads it back
+    for (name, a), (_, b) in zip(built.model.state_dict().items(), reused.model.state_dict().items()):
+        assert torch.equal(a, b), name
