@@ -48,6 +48,16 @@ def digits_parquet(tmp_path_factory) -> Path:
     return folder
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a launcher's rendezvous (chosen by the OS, so it never
+    collides with the other servers and launches of the test run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_module(args: list[str], env: dict[str, str | None] | None = None, timeout: int = 600, check: bool = True,
                launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m ...` (or a launcher such as `accelerate launch`) in a fresh process."""

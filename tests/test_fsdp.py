@@ -1,7 +1,6 @@
 """Sharded (FSDP2) training of the prior on two CPU processes (gloo), `train.shard=fsdp`."""
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_module
+from conftest import free_port, run_module
 from hubserver import LocalHub, client, hub_env
 from stage2_prior import ImagePrior
 from test_prior_training import prior_args, read_metrics
@@ -19,15 +18,15 @@ from test_training import train_args
 SHARD = ["train.shard=fsdp", "train.batch_size=16", "train.max_steps=40"]
 
 
-def launcher(port_offset: int, *extra: str) -> list[str]:
+def launcher(*extra: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-            "--main_process_port", str(32500 + port_offset + os.getpid() % 500), "--num_machines", "1",
+            "--main_process_port", str(free_port()), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", *extra]
 
 
-def run_sharded(data, tokenizer, out, port_offset, *extra, check=True):
+def run_sharded(data, tokenizer, out, *extra, check=True):
     return run_module(prior_args(data, tokenizer, out, *SHARD, *extra), env={"ACCELERATE_USE_CPU": "1"},
-                      launcher=launcher(port_offset, "--multi_gpu"), check=check)
+                      launcher=launcher("--multi_gpu"), check=check)
 
 
 def shard_reports(out: Path) -> list[dict]:
@@ -46,7 +45,7 @@ def gathered_checkpoint(checkpoint: Path, tmp_path: Path) -> dict[str, torch.Ten
 @pytest.fixture(scope="module")
 def sharded_run(digits_parquet, tiny_tokenizer_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp") / "prior"
-    run_sharded(digits_parquet, tiny_tokenizer_dir, out, 0)
+    run_sharded(digits_parquet, tiny_tokenizer_dir, out)
     return out
 
 
@@ -95,7 +94,7 @@ def test_resume_from_a_sharded_checkpoint_matches_the_uninterrupted_run(sharded_
     copied = tmp_path / "step-0000020"
     shutil.copytree(sharded_run / "checkpoints" / "step-0000020", copied)
     out = tmp_path / "resumed"
-    result = run_sharded(digits_parquet, tiny_tokenizer_dir, out, 1, f"resume={copied}")
+    result = run_sharded(digits_parquet, tiny_tokenizer_dir, out, f"resume={copied}")
     assert "at step 20" in result.stdout + result.stderr
     final = load_file(str(out / "final" / "model.safetensors"))
     expected = load_file(str(sharded_run / "final" / "model.safetensors"))
@@ -128,7 +127,7 @@ def test_sharded_run_pushes_the_gathered_model_at_every_save_under_bf16(digits_p
         run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, *SHARD, "train.max_steps=20",
                               "train.checkpoint_every=10", "train.eval_every=1000", "train.mixed_precision=bf16",
                               "hub.repo_id=user/sharded", "hub.strategy=every_save"),
-                   env=env, launcher=launcher(5, "--multi_gpu"))
+                   env=env, launcher=launcher("--multi_gpu"))
         commits = client(hub, tmp_path / "home2", f"""
             from huggingface_hub import HfApi, hf_hub_download
             print("\\n".join(c.title for c in HfApi().list_repo_commits("user/sharded")))
@@ -153,9 +152,9 @@ def test_sharded_accumulation_and_clipping_train_as_ddp_does(digits_parquet, tin
     sharded, ddp = tmp_path / "sharded", tmp_path / "ddp"
     # each run builds its own token cache: a run that builds it initialises the model after the
     # encoding's random draws, one that reuses it does not
-    run_sharded(digits_parquet, tiny_tokenizer_dir, sharded, 2, *args, f"token_cache_dir={sharded}_tokens")
+    run_sharded(digits_parquet, tiny_tokenizer_dir, sharded, *args, f"token_cache_dir={sharded}_tokens")
     run_module(prior_args(digits_parquet, tiny_tokenizer_dir, ddp, *args, f"token_cache_dir={ddp}_tokens"),
-               env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher(6, "--multi_gpu"))
+               env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher("--multi_gpu"))
     rows = {out: [r for r in read_metrics(out) if "train/loss" in r] for out in (sharded, ddp)}
     assert [r["step"] for r in rows[sharded]] == [5, 10]
     assert [r["train/samples_seen"] for r in rows[sharded]] == [5 * 2 * 32, 10 * 2 * 32]
@@ -170,7 +169,7 @@ def test_sharded_accumulation_and_clipping_train_as_ddp_does(digits_parquet, tin
 def test_accelerates_fsdp_plugin_on_cpu_processes_fails_loudly(digits_parquet, tiny_tokenizer_dir, tmp_path):
     args = prior_args(digits_parquet, tiny_tokenizer_dir, tmp_path / "p", "train.max_steps=2", "train.batch_size=16")
     result = run_module(args, env={"ACCELERATE_USE_CPU": "1"}, check=False,
-                        launcher=launcher(3, "--use_fsdp", "--fsdp_version", "2"))
+                        launcher=launcher("--use_fsdp", "--fsdp_version", "2"))
     assert result.returncode != 0
     assert "train.shard=fsdp" in result.stderr and "--use_fsdp" in result.stderr
     assert not (tmp_path / "p" / "final").exists()

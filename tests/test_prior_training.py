@@ -1,13 +1,12 @@
 """The prior trains through the shared loop on a tokenizer's cached codes."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from conftest import TINY_PRIOR, run_module
+from conftest import TINY_PRIOR, free_port, run_module
 from stage2_prior import ImagePrior
 
 
@@ -52,7 +51,7 @@ def test_unconditional_gpt2_prior(digits_parquet, tiny_tokenizer_dir, tmp_path):
 def test_two_process_prior_training(digits_parquet, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "prior"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(31500 + os.getpid() % 1000), "--num_machines", "1",
+                "--main_process_port", str(free_port()), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
     run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=20", "train.batch_size=16"),
                env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher)

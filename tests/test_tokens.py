@@ -3,13 +3,12 @@
 import hashlib
 import json
 import shutil
-import socket
 import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import free_port, run_module
 
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from stage2_prior.tokens import TokenDataset, build_token_splits, tokenizer_fingerprint
@@ -157,12 +156,6 @@ report = f"rank={{state.process_index}}/{{state.num_processes}} reused={{splits.
 with open(sys.argv[4] + f".rank{{state.process_index}}", "w") as f:   # one file each: printed lines can interleave
     f.write(report + "\\n")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_single_process(tokenizer, data, tmp_path):

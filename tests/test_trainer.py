@@ -304,14 +304,13 @@ def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path)
 
 
 def test_two_processes_train_both_parts_in_step(tmp_path):
-    import os
     import sys
 
-    from conftest import REPO, run_module
+    from conftest import REPO, free_port, run_module
 
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(29500 + (os.getpid() + 7) % 1000), "--num_machines", "1",
+                "--main_process_port", str(free_port()), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
     run_module([str(REPO / "tests" / "two_part_task.py"), str(out)], env={"ACCELERATE_USE_CPU": "1"},
                launcher=launcher)

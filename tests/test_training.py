@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_TOKENIZER, run_module
+from conftest import REPO, TINY_TOKENIZER, free_port, run_module
 from stage1_tokenizer import ImageTokenizer
 from commands.evaluate import run as evaluate_main
 
@@ -95,7 +95,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(digits_parquet, tmp_path):
 def test_two_processes_keep_identical_codebooks(digits_parquet, tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(29500 + os.getpid() % 1000), "--num_machines", "1",
+                "--main_process_port", str(free_port()), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
     args = train_args(digits_parquet, out, "train.max_steps=30", "train.eval_every=15", "train.batch_size=16")
     run_module(args, env={"ACCELERATE_USE_CPU": "1"}, launcher=launcher)
@@ -108,7 +108,7 @@ def test_two_processes_keep_identical_codebooks(digits_parquet, tmp_path):
 
 def test_mislaunch_fails_loudly(digits_parquet, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(30500 + os.getpid() % 1000), "--num_machines", "1",
+                "--main_process_port", str(free_port()), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
     args = train_args(digits_parquet, tmp_path / "bad", "train.max_steps=2")
     result = run_module(args, env={"ACCELERATE_USE_CPU": None}, launcher=launcher, check=False)
