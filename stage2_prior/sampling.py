@@ -214,7 +214,7 @@ def sample_codes(
     guided = labels is not None and guidance_scale != 1.0
     seeds = _image_seeds(num_images, seed, generator)
     device = next(lm.parameters()).device
-    K, T = layout.codebook_size, layout.num_image_tokens
+    T = layout.num_image_tokens
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
     bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
