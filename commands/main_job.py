@@ -282,8 +282,9 @@ def stage_overrides(args: argparse.Namespace, paths: JobPaths) -> tuple[list[str
     return tokenizer, prior
 
 
-def train_stages(args: argparse.Namespace, paths: JobPaths) -> None:
-    """Train (or reuse, or resume) the tokenizer, then the prior on its codes."""
+def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict[str, str]:
+    """Train (or reuse, or resume) the tokenizer, then the prior on its codes; returns the sha256
+    of each stage's final weights."""
     from stage1_tokenizer.train import TokenizerTrainConfig
     from stage2_prior.train import PriorTrainConfig
 
@@ -296,22 +297,22 @@ def train_stages(args: argparse.Namespace, paths: JobPaths) -> None:
     run_stage("tokenizer", "stage1_tokenizer.train", args.tokenizer_config, tokenizer_run, tokenizer_overrides,
               args.launch_args)
     config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
-    inputs = {TOKENIZER_WEIGHTS_KEY: reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")}
+    tokenizer_weights = reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")
+    inputs = {TOKENIZER_WEIGHTS_KEY: tokenizer_weights}
     check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS), paths.out,
                 args.retrain_changed, paths.derived())
     prior_run.mkdir(parents=True, exist_ok=True)
     reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
     run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
+    return {"tokenizer": tokenizer_weights, "prior": reuse.file_sha256(prior_run / "final" / "model.safetensors")}
 
 
-def assemble(paths: JobPaths):
-    """The pipeline directory, rebuilt when a component changed; returns the pipeline when it was
-    (re)built (else None) and the fingerprint of what its samples depend on."""
+def assemble(paths: JobPaths, components: dict[str, str]):
+    """The pipeline directory, rebuilt when a component (`{name: weights sha256}`) changed; returns
+    the pipeline when it was (re)built (else None) and the fingerprint of what its samples depend on."""
     from pipelines.card import EVAL_REPORT_NAME
     from pipelines.pipeline import MANIFEST_NAME, Pipeline
 
-    components = {name: reuse.file_sha256(run / "final" / "model.safetensors")
-                  for name, run in (("tokenizer", paths.tokenizer_run), ("prior", paths.prior_run))}
     pipe = None
     if (paths.pipeline_dir / MANIFEST_NAME).is_file() and reuse.settings_match(paths.pipeline_record, components):
         print(f"[main] pipeline: {paths.pipeline_dir} is up to date, skipping", flush=True)
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     paths = JobPaths.under(Path(args.output_dir).resolve())
     paths.out.mkdir(parents=True, exist_ok=True)
     try:
-        train_stages(args, paths)
+        components = train_stages(args, paths)
     except (ConfigError, StageFailed, StageChanged) as err:
         sys.exit(f"imagegen-main: error: {err}")
     if args.num_threads:
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.num_threads)
     try:
-        pipe, pipeline_id = assemble(paths)
+        pipe, pipeline_id = assemble(paths, components)
         draw_class_grid(args, paths, pipe, pipeline_id)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         sys.exit(f"imagegen-main: error: {err}")

@@ -232,25 +232,26 @@ def sample_codes(
 class _Decoder:
     """Feeds a causal LM one step at a time: `step(ids [B, s])` appends the ids (s > 1 only for the
     first step: the condition token and a prefix) and returns the next token's logits over the
-    first `num_logits` ids, in float32. The ids live in one preallocated buffer on the model's
-    device; with `use_cache` only the new ids are fed, with transformers' KV cache."""
+    first `num_logits` ids, in float32. With `use_cache` only the new ids are fed, with
+    transformers' KV cache; without it the whole sequence, kept in one preallocated buffer on the
+    model's device."""
 
     def __init__(self, lm: torch.nn.Module, batch: int, max_len: int, num_logits: int, use_cache: bool = True):
-        self.lm, self.num_logits, self.use_cache = lm, num_logits, use_cache
+        self.lm, self.num_logits = lm, num_logits
         # `cache` in recent transformers releases, `past_key_values` in earlier ones and unrenamed architectures
         self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-        self.ids = torch.empty(batch, max_len, dtype=torch.long, device=next(lm.parameters()).device)
+        self.ids = None if use_cache else torch.empty(batch, max_len, dtype=torch.long,
+                                                      device=next(lm.parameters()).device)
         self.length, self.past = 0, None
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        start, end = self.length, self.length + ids.shape[1]
-        self.ids[:, start:end] = ids
-        self.length = end
-        if self.use_cache:
+        if self.ids is None:
             result = self.lm(input_ids=ids, use_cache=True, **{self.cache_kw: self.past})
             self.past = result[self.cache_kw]
         else:
-            result = self.lm(input_ids=self.ids[:, :end], use_cache=False)
+            start, self.length = self.length, self.length + ids.shape[1]
+            self.ids[:, start:self.length] = ids
+            result = self.lm(input_ids=self.ids[:, :self.length], use_cache=False)
         return result.logits[:, -1, :self.num_logits].float()
 
 
@@ -264,7 +265,7 @@ def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.
     B, n = prefix.shape
     K, T = layout.codebook_size, layout.num_image_tokens
     device = seeds.device
-    cond = layout.condition_ids(None, B) if labels is None else layout.class_id(labels)
+    cond = layout.condition_ids(None, B) if labels is None else layout.class_id(labels, validate=False)
     rows = 2 * B if guidance_scale is not None else B
     if guidance_scale is not None:
         cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])

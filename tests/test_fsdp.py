@@ -39,7 +39,7 @@ def gathered_checkpoint(checkpoint: Path, tmp_path: Path) -> dict[str, torch.Ten
 
     target = tmp_path / f"{checkpoint.name}.pt"
     dcp_to_torch_save(str(checkpoint / "sharded"), str(target))
-    return torch.load(target, weights_only=False)["model"]
+    return torch.load(target, weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")

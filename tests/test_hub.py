@@ -106,7 +106,7 @@ def test_push_command_uploads_a_saved_directory(hub, tmp_path):
 
 
 def test_prior_push_and_load_round_trip(hub, tmp_path):
-    state = tmp_path / "state.pt"
+    state = tmp_path / "state.safetensors"
     client(hub, tmp_path / "home_push", f"""
         import torch
         from stage2_prior.layout import TokenLayout
@@ -116,7 +116,8 @@ def test_prior_push_and_load_round_trip(hub, tmp_path):
         prior = ImagePrior.from_config(PriorConfig(hidden_size=32, num_layers=1, num_heads=2), layout)
         url = prior.push_to_hub("user/prior")
         assert "user/prior" in url, url
-        torch.save(prior.state_dict(), "{state}")
+        from trainkit.hub import save_state_dict
+        save_state_dict(prior.state_dict(), "{state}")
         from huggingface_hub import HfApi
         assert [c.title for c in HfApi().list_repo_commits("user/prior")][0] == "Upload ImagePrior"
     """)
@@ -126,7 +127,8 @@ def test_prior_push_and_load_round_trip(hub, tmp_path):
         from stage2_prior.model import ImagePrior
         prior = ImagePrior.from_pretrained("user/prior")
         assert list(prior.layout.class_names) == ["a", "b"]
-        pushed = torch.load("{state}")
+        from safetensors.torch import load_file
+        pushed = load_file("{state}")
         assert all(torch.equal(pushed[k], v) for k, v in prior.state_dict().items())
         lm = AutoModelForCausalLM.from_pretrained("user/prior")      # a plain transformers repo too
         assert type(lm).__name__ == "LlamaForCausalLM"
