@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -616,4 +617,20 @@ def train_from_command_line(config_cls: type, build_task: Callable[[Any], TrainT
         task = build_task(cfg)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"{prog}: error: {err}")
-    return run_training(task, cfg.train, cfg.output_dir, resume=cfg.resume, hub=cfg.hub, run_config=to_dict(cfg))
+    metrics = run_training(task, cfg.train, cfg.output_dir, resume=cfg.resume, hub=cfg.hub, run_config=to_dict(cfg))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_launched_process()
+    return metrics
+
+
+def _end_launched_process() -> None:
+    """End a finished process of a multi-process launch without the interpreter's teardown.
+
+    Everything is saved and the process group is destroyed by now, but torch's distributed C++
+    state (gloo's worker threads, the work and sharded tensors they hold) can still abort the
+    process while the interpreter tears it down, and the launcher then reports a finished run as
+    failed. Streams and log handlers are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
