@@ -1,10 +1,10 @@
-"""Train a tokenizer recipe for a wall-clock budget, then measure it on the held-out test split.
+"""Train a tokenizer recipe for its step budget, then measure it on the held-out test split.
 
-    python benchmarks/tokenizer_quality.py --recipe vq          # configs/tokenizer/fashion_mnist_vq.yaml, 10 min
-    python benchmarks/tokenizer_quality.py --recipe gumbel --minutes 10
+    python benchmarks/tokenizer_quality.py --recipe vq          # configs/tokenizer/fashion_mnist_vq.yaml
+    python benchmarks/tokenizer_quality.py --recipe gumbel --steps 2000 [--minutes 10]
     python benchmarks/tokenizer_quality.py --model runs/tokenizer_vq/final   # evaluate only
 
-Prints one JSON object: the recipe, the budget, steps done, and per-image PSNR (on [0, 1],
+Prints one JSON object: the machine kind, the recipe, the budget, steps done and wall-clock time, and per-image PSNR (on [0, 1],
 averaged over the 10,000 Fashion-MNIST test images), MSE, codebook usage and perplexity,
 the shipped classifier's accuracy on the reconstructions (and on the originals), beside the targets (VQ: PSNR >= 25 dB and usage >= 95%; Gumbel: PSNR >= 22 dB, usage >= 60%).
 """
@@ -26,7 +26,8 @@ TARGETS = {"vq": {"psnr": 25.0, "codebook_usage": 0.95}, "gumbel": {"psnr": 22.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=sorted(TARGETS), default="vq")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's max_steps)")
+    parser.add_argument("--minutes", type=float, default=None, help="optional training wall-clock cap")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     parser.add_argument("--output-dir", default=None, help="default: runs/bench_tokenizer_<recipe>")
     parser.add_argument("--model", default=None, help="skip training; evaluate this saved tokenizer")
@@ -41,16 +42,20 @@ def main() -> None:
     from stage1_tokenizer import ImageTokenizer
     from trainkit.data import DataConfig
 
-    report: dict = {"benchmark": "tokenizer_quality", "recipe": args.recipe, "threads": args.threads}
+    from machine import machine_kind  # this folder
+
+    report: dict = {"benchmark": "tokenizer_quality", "machine_kind": machine_kind(), "recipe": args.recipe,
+                    "threads": args.threads}
     if args.model is None:
         out = Path(args.output_dir or REPO / "runs" / f"bench_tokenizer_{args.recipe}")
         cmd = [sys.executable, "-m", "stage1_tokenizer.train",
                "--config", str(REPO / "configs" / "tokenizer" / f"fashion_mnist_{args.recipe}.yaml"),
-               f"output_dir={out}", f"train.max_minutes={args.minutes}", f"train.num_threads={args.threads}",
-               "train.progress_bar=false", *args.overrides]
+               f"output_dir={out}", f"train.num_threads={args.threads}", "train.progress_bar=false",
+               *([f"train.max_steps={args.steps}"] if args.steps else []),
+               *([f"train.max_minutes={args.minutes}"] if args.minutes else []), *args.overrides]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, stdout=sys.stderr)  # keep stdout for the JSON report
-        report.update(train_minutes_budget=args.minutes, train_wall_seconds=round(time.perf_counter() - start, 1))
+        report.update(train_steps_budget=args.steps, train_minutes_cap=args.minutes, train_wall_seconds=round(time.perf_counter() - start, 1))
         state = json.loads((out / "final" / "eval_metrics.json").read_text())
         report["train_steps"] = state["step"]
         model_dir = out / "final"

@@ -37,19 +37,9 @@ from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision, use_channels_last  # noqa: E402
 from trainkit.trainer import TrainTask, run_training  # noqa: E402
 
+from machine import machine_kind  # noqa: E402  (this folder)
+
 RECIPES = {"tokenizer": "configs/tokenizer/fashion_mnist_vq.yaml", "prior": "configs/prior/fashion_mnist.yaml"}
-
-
-def machine_kind() -> str:
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    if "amx_tile" in flags:
-        return "AMX"
-    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "other")
 
 
 def prior_task(cfg: PriorTrainConfig, num_grids: int = 8192) -> PriorTask:

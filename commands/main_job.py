@@ -23,7 +23,10 @@ above it into `replaced/` and trains again. The pipeline, the class grid and the
 are redone when the components or the settings they were made from changed (records beside
 them: `pipeline_inputs.json`, `class_grid.json`, `evaluation_settings.json`).
 `--tokenizer-override` / `--prior-override` take `key=value` overrides of the recipes
-(repeatable), e.g. `train.max_steps=2000` or `data.dataset=path/to/images`.
+(repeatable), e.g. `model.codebook_size=512` or `data.dataset=path/to/images`. A stage's budget
+is its recipe's step count (`--tokenizer-steps` / `--prior-steps` change it), so the same command
+and seed train the same models on any machine; `--tokenizer-minutes` / `--prior-minutes` add an
+optional wall-clock cap.
 """
 
 from __future__ import annotations
@@ -201,17 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagegen-main",
         description="Train the tokenizer and the prior, assemble the pipeline, draw a class grid and report "
-                    "metrics. Defaults are the full Fashion-MNIST recipe (10 + 15 minutes of training).")
+                    "metrics. Defaults are the full Fashion-MNIST recipe (its step budgets: the same model on any machine).")
     parser.add_argument("--output-dir", default="runs/main", help="where every stage writes (default runs/main)")
     parser.add_argument("--data", default=None,
                         help="data.dataset for both stages: fashion_mnist (the recipes' default), an image "
                              "folder, parquet/arrow files or a hub dataset id")
     parser.add_argument("--tokenizer-config", type=Path, default=DEFAULT_TOKENIZER_CONFIG)
     parser.add_argument("--prior-config", type=Path, default=DEFAULT_PRIOR_CONFIG)
+    parser.add_argument("--tokenizer-steps", type=int, default=None,
+                        help="optimizer steps of the tokenizer (default: the recipe's train.max_steps)")
+    parser.add_argument("--prior-steps", type=int, default=None,
+                        help="optimizer steps of the prior (default: the recipe's train.max_steps)")
     parser.add_argument("--tokenizer-minutes", type=float, default=None,
-                        help="wall-clock budget of the tokenizer (default: the recipe's, 10)")
+                        help="optional wall-clock cap of the tokenizer's training (default: none)")
     parser.add_argument("--prior-minutes", type=float, default=None,
-                        help="wall-clock budget of the prior (default: the recipe's, 15)")
+                        help="optional wall-clock cap of the prior's training (default: none)")
     parser.add_argument("--tokenizer-override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides of the tokenizer recipe (repeatable)")
     parser.add_argument("--prior-override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -264,6 +271,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     _check_overrides(parser, "--tokenizer-override", args.tokenizer_override)
     _check_overrides(parser, "--prior-override", args.prior_override)
+    for flag, value in [("--tokenizer-steps", args.tokenizer_steps), ("--prior-steps", args.prior_steps),
+                        ("--tokenizer-minutes", args.tokenizer_minutes), ("--prior-minutes", args.prior_minutes)]:
+        if value is not None and value <= 0:
+            parser.error(f"{flag} must be positive, got {value}")
     for config in (args.tokenizer_config, args.prior_config):
         if not config.is_file():
             parser.error(f"recipe {str(config)!r} not found; pass --tokenizer-config / --prior-config (the default "
@@ -274,12 +285,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def stage_overrides(args: argparse.Namespace, paths: JobPaths) -> tuple[list[str], list[str]]:
     """The `key=value` overrides of the tokenizer's and the prior's recipes."""
     common = [f"data.dataset={args.data}"] if args.data else []
-    tokenizer = [*common, *([f"train.max_minutes={args.tokenizer_minutes}"] if args.tokenizer_minutes is not None
-                            else []), *args.tokenizer_override]
+    tokenizer = [*common, *_budget(args.tokenizer_steps, args.tokenizer_minutes), *args.tokenizer_override]
     prior = [f"tokenizer={paths.tokenizer_run / 'final'}", f"token_cache_dir={paths.out / 'token_cache'}", *common,
-             *([f"train.max_minutes={args.prior_minutes}"] if args.prior_minutes is not None else []),
-             *args.prior_override]
+             *_budget(args.prior_steps, args.prior_minutes), *args.prior_override]
     return tokenizer, prior
+
+
+def _budget(steps: int | None, minutes: float | None) -> list[str]:
+    """The overrides of a stage's step budget and optional wall-clock cap that its flags set."""
+    return ([f"train.max_steps={steps}"] if steps is not None else []) + \
+        ([f"train.max_minutes={minutes}"] if minutes is not None else [])
 
 
 def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict[str, str]:

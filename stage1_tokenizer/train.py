@@ -1,7 +1,7 @@
 """Train an image tokenizer.
 
     accelerate launch -m stage1_tokenizer.train --config configs/tokenizer/fashion_mnist_vq.yaml \\
-        output_dir=runs/tokenizer train.max_minutes=10 key=value ...
+        output_dir=runs/tokenizer train.max_steps=1000 key=value ...
 
 Builds the model, data and loss and hands them to the shared trainer (`trainkit.trainer`).
 """

@@ -242,7 +242,7 @@ def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch
     assert "resume=latest" in calls[0] and "tokenizer: resuming from" in capsys.readouterr().out
     with pytest.raises(main_job.StageChanged) as info:
         check("train.lr=0.001", "train.max_steps=7")
-    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 100000 -> 7" in str(info.value)
+    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 1000 -> 7" in str(info.value)
     assert "model.image_size" not in str(info.value) and "--retrain-changed" in str(info.value)
     check("train.lr=0.001", replace=True)                                 # moved aside: a fresh start
     assert not run.exists() and list((out / "replaced").glob("*/tokenizer/checkpoints/latest"))
@@ -371,3 +371,18 @@ def test_push_and_load_from_the_hub(main_run, tmp_path):
     assert f"DIGEST user/digits-pipe {expected}" in offline and f"DIGEST user/digits-dir {expected}" in offline
     assert "MISSING 'user/nothing' is not a local directory, and as a hub repo id it is not in the local cache" \
         in offline
+
+
+def test_stage_budgets_are_steps_with_an_optional_wall_clock_cap(tmp_path):
+    from commands.main_job import JobPaths, parse_args, stage_overrides
+    from stage1_tokenizer.train import TokenizerTrainConfig
+    from trainkit.config import load_config
+
+    args = parse_args(["--output-dir", str(tmp_path), "--tokenizer-steps", "300", "--prior-minutes", "2.5"])
+    tokenizer, prior = stage_overrides(args, JobPaths.under(tmp_path))
+    assert "train.max_steps=300" in tokenizer and not any("max_minutes" in o for o in tokenizer)
+    assert "train.max_minutes=2.5" in prior and not any("max_steps" in o for o in prior)
+    recipe = load_config(TokenizerTrainConfig, str(args.tokenizer_config), [])
+    assert recipe.train.max_minutes is None and recipe.train.max_steps > 0   # the recipe's budget is its steps
+    with pytest.raises(SystemExit):
+        parse_args(["--prior-steps", "0"])
