@@ -11,14 +11,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
 from torch.utils.data import DataLoader
 
 from trainkit.config import ConfigError, console_script
 from trainkit.data import DataConfig, ImageData
 from trainkit.images import interleave_rows
-from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
+from trainkit.trainer import HubConfig, Part, TrainConfig, TrainTask, train_from_command_line
 
+from . import adversarial as adv
+from .adversarial import AdversarialConfig, Discriminator
 from .config import ImageTokenizerConfig
 from .model import ImageTokenizer
 from .evaluate import reconstruction_metrics
@@ -34,6 +38,7 @@ class TokenizerTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)   # off unless weight > 0
     preview_images: int = 32
 
 
@@ -46,6 +51,10 @@ class TokenizerTask(TrainTask):
         cfg.model = dataclasses.replace(cfg.model, in_channels=splits.channels, image_size=h)
         self.config = cfg
         self.model = ImageTokenizer(cfg.model)
+        self.discriminator = None
+        if cfg.adversarial.enabled:
+            self.discriminator = Discriminator(cfg.model.in_channels, cfg.adversarial)
+            self.discriminator.patch.check_image_size(h)
         self.train_dataset = splits.train
         self.val_dataset = splits.val
 
@@ -53,11 +62,61 @@ class TokenizerTask(TrainTask):
         """None: a convolutional model small enough to train data-parallel (`train.shard` refuses it)."""
         return ()
 
-    def training_step(self, model, batch, step):
+    def extra_parts(self) -> list[Part]:
+        """The discriminator, when `adversarial.weight > 0`; it is trained from `adversarial.start_step`."""
+        if self.discriminator is None:
+            return []
+        cfg = self.config.adversarial
+        return [Part("discriminator", self.discriminator, lr=cfg.lr, betas=list(cfg.betas), start_step=cfg.start_step)]
+
+    def training_step(self, model, batch, step, discriminator=None):
         images, _ = batch
         out = model(images, step=step)
         logs = {"recon_loss": out.recon_loss.detach(), "quantizer_loss": out.quantizer_loss.detach(), **out.stats}
-        return out.loss, logs
+        if discriminator is None:
+            return out.loss, logs
+        model_loss, disc_loss = self._adversarial_losses(model, discriminator, images, out, step, logs)
+        return {"model": model_loss, "discriminator": disc_loss}, logs
+
+    def _adversarial_losses(self, model, discriminator, images, out, step, logs):
+        """The model's loss (plus the weighted generator term) and the discriminator's loss, in float32.
+
+        The (wrapped) discriminator scores the detached reconstructions and the real images in
+        one call; before its start step without a graph, since the trainer does not step it yet.
+        The generator term reads the unwrapped discriminator, so its gradient reaches the
+        decoder only; it is skipped while its ramped weight is 0.
+        """
+        cfg = self.config.adversarial
+        critic = extract_model_from_parallel(discriminator)
+        training_critic = step >= cfg.start_step
+        with torch.set_grad_enabled(training_critic and torch.is_grad_enabled()):
+            logits = discriminator(torch.cat([out.reconstruction.detach(), images])).float()
+        fake, real = logits.chunk(2)
+        disc_loss = adv.discriminator_loss(real, fake, cfg.loss)
+        if cfg.lecam_weight > 0:
+            if training_critic:
+                ema_real, ema_fake = critic.lecam.update(real, fake)
+            else:
+                ema_real, ema_fake = critic.lecam.real.clone(), critic.lecam.fake.clone()
+            lecam = adv.lecam_penalty(real, fake, ema_real, ema_fake)
+            disc_loss = disc_loss + cfg.lecam_weight * lecam
+            logs["lecam_penalty"] = lecam.detach()
+        logs.update(d_real=real.detach().mean(), d_fake=fake.detach().mean(),
+                    gen_loss=adv.generator_loss(fake.detach(), cfg.loss))
+
+        factor = adv.ramp(step, cfg)
+        if factor == 0:
+            logs["gen_weight"] = torch.zeros((), device=images.device)
+            return out.loss, disc_loss
+        gen_loss = adv.generator_loss(critic(out.reconstruction).float(), cfg.loss)
+        weight = torch.ones((), device=images.device)
+        if cfg.adaptive_weight:
+            last_layer = extract_model_from_parallel(model).decoder.net[-1].weight
+            weight = adv.adaptive_weight(out.recon_loss, gen_loss, last_layer, cfg.max_adaptive_weight)
+            logs["adaptive_weight"] = weight
+        weight = cfg.weight * factor * weight
+        logs["gen_weight"] = weight
+        return out.loss + weight * gen_loss, disc_loss
 
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, step: int):
         tokenizer = accelerator.unwrap_model(model)
