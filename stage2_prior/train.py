@@ -32,6 +32,27 @@ from .tokens import build_token_splits
 
 
 @dataclass
+class SamplingDefaults:
+    """The `sampling:` section: the saved prior's sampling defaults (its `generation_config.json`),
+    which the previews use too. `guidance_scale` applies to class-conditional priors trained with
+    class dropout (1.0 otherwise); `top_k: 0` and `top_p: 1.0` mean no filter."""
+
+    guidance_scale: float = 2.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.guidance_scale < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling: needs guidance_scale >= 0, temperature >= 0, top_k >= 0 and top_p in "
+                             f"(0, 1], got {self}")
+
+    def options(self, conditional_with_dropout: bool) -> SamplingOptions:
+        return SamplingOptions(guidance_scale=self.guidance_scale if conditional_with_dropout else 1.0,
+                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+@dataclass
 class PriorTrainConfig:
     """A prior training run. `data.channels` / `data.image_size` follow the tokenizer unless set."""
 
@@ -45,8 +66,8 @@ class PriorTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     preview_per_class: int = 8               # preview grid: this many samples for each of up to 10 classes
-    preview_guidance_scale: float = 2.0
 
 
 class PriorTask(TrainTask):
@@ -71,9 +92,9 @@ class PriorTask(TrainTask):
         # initial weights are the same either way.
         set_seed(cfg.train.seed)
         self.model = ImagePrior.from_config(cfg.model, self.layout)
-        if self.layout.conditional:   # the saved prior's default guidance: the previews' (none without dropout)
-            guidance = cfg.preview_guidance_scale if cfg.model.class_dropout_prob > 0 else 1.0
-            self.model.sampling_defaults = SamplingOptions(guidance_scale=guidance)
+        self.sampling = cfg.sampling.options(self.layout.conditional and cfg.model.class_dropout_prob > 0)
+        self.model.sampling_defaults = self.sampling if self.layout.conditional else \
+            dataclasses.replace(self.sampling, guidance_scale=None)
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
 
@@ -102,9 +123,10 @@ class PriorTask(TrainTask):
         if self.layout.conditional:
             classes = min(self.layout.num_classes, 10)
             labels = [c for c in range(classes) for _ in range(n)]
-            kwargs = dict(class_labels=labels, guidance_scale=self.config.preview_guidance_scale)
+            kwargs = dict(class_labels=labels, guidance_scale=self.sampling.guidance_scale)
         else:
             labels, kwargs = [None] * 64, {}
+        kwargs.update(temperature=self.sampling.temperature, top_k=self.sampling.top_k, top_p=self.sampling.top_p)
         with accelerator.autocast():
             codes = sample_codes(prior, len(labels), seed=0, **kwargs)
             self.tokenizer.to(accelerator.device)

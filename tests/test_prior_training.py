@@ -43,9 +43,12 @@ def test_short_conditional_run_nll_falls(digits_parquet, tiny_tokenizer_dir, tmp
 def test_unconditional_gpt2_prior(digits_parquet, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "prior"
     run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=20", "conditional=false",
-                          "model.arch=gpt2"))
+                          "model.arch=gpt2", "sampling.temperature=0.9", "sampling.top_k=7"))
     prior = ImagePrior.from_pretrained(out / "final")
     assert not prior.layout.conditional and type(prior.lm).__name__ == "GPT2LMHeadModel"
+    defaults = prior.sampling_defaults          # the recipe's sampling section, saved with the model
+    assert (defaults.guidance_scale, defaults.temperature, defaults.top_k) == (None, 0.9, 7)
+    assert defaults.top_p is None                # "no top-p" (1.0) reads back as unset: no filter
 
 
 def test_two_process_prior_training(digits_parquet, tiny_tokenizer_dir, tmp_path):

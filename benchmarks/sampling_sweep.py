@@ -1,0 +1,108 @@
+"""Sweep a pipeline's sampling settings (guidance, temperature, top-k / top-p) for sample quality,
+and optionally store the best as the pipeline's defaults.
+
+    python benchmarks/sampling_sweep.py [--pipeline runs/main/pipeline] [--num-samples 2000] [--save]
+
+A coordinate sweep, each stage keeping the best setting of the one before: guidance scale at
+temperature 1 without filters, then temperature at that guidance, then a top-k or top-p filter.
+Every setting draws `--num-samples` class-balanced samples (seed 0) and measures them with the
+Fashion-MNIST classifier's features against 10,000 *training* images: FID, precision/recall
+and class accuracy. The test split is kept for the reported figures
+(`benchmarks/fid_on_test_split.py`, `benchmarks/pipeline_quality.py`).
+
+"Best": the lowest FID among the settings whose class accuracy and recall reach
+`--min-accuracy` / `--min-recall`, or the lowest FID when none does. `--save` writes it into the
+pipeline directory (`prior/generation_config.json` and the manifest's default guidance).
+Prints one JSON object with every setting's figures and the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+
+from evalkit.evaluate import evaluate_pipeline  # noqa: E402
+from machine import machine_kind  # noqa: E402  (this folder)
+from stage2_prior import SamplingOptions  # noqa: E402
+
+GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+TEMPERATURE = (0.85, 0.92, 1.0, 1.08)
+FILTERS = ({"top_k": 0, "top_p": 1.0}, {"top_k": 100}, {"top_k": 300}, {"top_p": 0.95})
+
+
+def measure(args, options: SamplingOptions) -> dict:
+    start = time.perf_counter()
+    figures, _ = evaluate_pipeline(args.pipeline, num_samples=args.num_samples, batch_size=args.batch_size, seed=0,
+                                   metrics=["fid", "pr", "accuracy"], reference_size=10_000, options=options,
+                                   cache_dir=args.cache_dir, progress=False)
+    row = {"guidance_scale": options.guidance_scale, "temperature": options.temperature,
+           "top_k": options.top_k, "top_p": options.top_p,
+           **{name: round(figures[name]["value"], 4) for name in ("fid", "precision", "recall", "accuracy")},
+           "seconds": round(time.perf_counter() - start, 1)}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def best(rows: list[dict], min_accuracy: float, min_recall: float) -> dict:
+    ok = [r for r in rows if r["accuracy"] >= min_accuracy and r["recall"] >= min_recall]
+    return min(ok or rows, key=lambda r: r["fid"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="runs/main/pipeline")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-accuracy", type=float, default=0.92)
+    parser.add_argument("--min-recall", type=float, default=0.65)
+    parser.add_argument("--cache-dir", default=None, help="reference statistics cache (default: evalkit's)")
+    parser.add_argument("--save", action="store_true", help="store the best setting as the pipeline's defaults")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    measured: dict[SamplingOptions, dict] = {}   # a setting met again in a later stage is not sampled twice
+
+    def stage(candidates: list[SamplingOptions]) -> dict:
+        for o in candidates:
+            if o not in measured:
+                measured[o] = measure(args, o)
+        return best([measured[o] for o in candidates], args.min_accuracy, args.min_recall)
+
+    plain = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0)
+    chosen = stage([replace(plain, guidance_scale=g) for g in GUIDANCE])
+    g = chosen["guidance_scale"]
+    chosen = stage([SamplingOptions(guidance_scale=g, temperature=t, top_k=0, top_p=1.0)
+                    for t in TEMPERATURE if t != 1.0]
+                   + [SamplingOptions(guidance_scale=g, temperature=1.0, top_k=0, top_p=1.0)])
+    t = chosen["temperature"]
+    chosen = stage([SamplingOptions(guidance_scale=g, temperature=t, **{"top_k": 0, "top_p": 1.0, **f}) for f in FILTERS])
+    rows = list(measured.values())
+    choice = best(rows, args.min_accuracy, args.min_recall)
+    report = {"benchmark": "sampling_sweep", "machine_kind": machine_kind(), "pipeline": args.pipeline,
+              "num_samples": args.num_samples, "seed": 0,
+              "feature_network": "fashion_mnist_classifier", "reference": "10,000 training images (seed 0)",
+              "criterion": f"lowest FID with accuracy >= {args.min_accuracy} and recall >= {args.min_recall}",
+              "settings": rows, "best": choice}
+    if args.save:
+        from pipelines import Pipeline
+
+        pipe = Pipeline.from_pretrained(args.pipeline)
+        pipe.sampling_defaults = SamplingOptions(guidance_scale=choice["guidance_scale"],
+                                                 temperature=choice["temperature"],
+                                                 top_k=choice["top_k"], top_p=choice["top_p"])
+        pipe.save_pretrained(args.pipeline)
+        report["saved_to"] = args.pipeline
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
