@@ -1,6 +1,11 @@
-"""What every benchmark report names: the kind of CPU it ran on, from its flags."""
+"""What the benchmarks measure the machine by: the kind of CPU (from its flags), which every
+report names, and its matrix-multiply peak, which speed figures are stated against."""
 
 from __future__ import annotations
+
+import time
+
+import torch
 
 
 def machine_kind() -> str:
@@ -14,3 +19,18 @@ def machine_kind() -> str:
     if "amx_tile" in flags:
         return "AMX"
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "other")
+
+
+def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
+    """Best GFLOP/s of `a @ b` over a few square sizes (2 n^3 FLOPs each)."""
+    best = {}
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        best[str(n)] = 2 * n**3 / min(times) / 1e9
+    return best

@@ -36,8 +36,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
-from prior_training_speed import matmul_peak_gflops  # noqa: E402  (this folder)
-from machine import machine_kind  # noqa: E402
+from machine import machine_kind, matmul_peak_gflops  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
 from stage2_prior.layout import TokenLayout  # noqa: E402

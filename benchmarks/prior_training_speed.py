@@ -29,20 +29,7 @@ from stage2_prior.train import PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision  # noqa: E402
 
-
-def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
-    """Best GFLOP/s of `a @ b` over a few square sizes (2 n^3 FLOPs each)."""
-    best = {}
-    for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        best[str(n)] = 2 * n**3 / min(times) / 1e9
-    return best
+from machine import matmul_peak_gflops  # noqa: E402  (this folder)
 
 
 def training_flops_per_token(prior: ImagePrior) -> float:

@@ -27,8 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from prior_training_speed import matmul_peak_gflops  # noqa: E402  (this folder)
-from machine import machine_kind  # noqa: E402
+from machine import machine_kind, matmul_peak_gflops  # noqa: E402
 from stage1_tokenizer import ImageTokenizer  # noqa: E402
 from stage1_tokenizer.train import TokenizerTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402

@@ -43,13 +43,17 @@ class SamplingDefaults:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if self.guidance_scale < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling: needs guidance_scale >= 0, temperature >= 0, top_k >= 0 and top_p in "
-                             f"(0, 1], got {self}")
+        try:
+            self.options(conditional=True, class_dropout=True)   # SamplingOptions checks every field
+        except ValueError as err:
+            raise ValueError(f"sampling: {err}") from None
 
-    def options(self, conditional_with_dropout: bool) -> SamplingOptions:
-        return SamplingOptions(guidance_scale=self.guidance_scale if conditional_with_dropout else 1.0,
-                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+    def options(self, conditional: bool, class_dropout: bool) -> SamplingOptions:
+        """The defaults a prior stores: no guidance for an unconditional prior, none (1.0) for a
+        conditional one trained without class dropout (it never saw the null class)."""
+        guidance = (self.guidance_scale if class_dropout else 1.0) if conditional else None
+        return SamplingOptions(guidance_scale=guidance, temperature=self.temperature, top_k=self.top_k,
+                               top_p=self.top_p)
 
 
 @dataclass
@@ -92,9 +96,8 @@ class PriorTask(TrainTask):
         # initial weights are the same either way.
         set_seed(cfg.train.seed)
         self.model = ImagePrior.from_config(cfg.model, self.layout)
-        self.sampling = cfg.sampling.options(self.layout.conditional and cfg.model.class_dropout_prob > 0)
-        self.model.sampling_defaults = self.sampling if self.layout.conditional else \
-            dataclasses.replace(self.sampling, guidance_scale=None)
+        self.sampling = cfg.sampling.options(self.layout.conditional, cfg.model.class_dropout_prob > 0)
+        self.model.sampling_defaults = self.sampling
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
 
@@ -120,15 +123,11 @@ class PriorTask(TrainTask):
     def preview(self, prior: ImagePrior, accelerator: Accelerator) -> torch.Tensor:
         """Decoded samples: one row per class (guided), or 64 unconditional samples."""
         n = self.config.preview_per_class
+        labels = None
         if self.layout.conditional:
-            classes = min(self.layout.num_classes, 10)
-            labels = [c for c in range(classes) for _ in range(n)]
-            kwargs = dict(class_labels=labels, guidance_scale=self.sampling.guidance_scale)
-        else:
-            labels, kwargs = [None] * 64, {}
-        kwargs.update(temperature=self.sampling.temperature, top_k=self.sampling.top_k, top_p=self.sampling.top_p)
+            labels = [c for c in range(min(self.layout.num_classes, 10)) for _ in range(n)]
         with accelerator.autocast():
-            codes = sample_codes(prior, len(labels), seed=0, **kwargs)
+            codes = sample_codes(prior, len(labels) if labels else 64, labels, seed=0, options=self.sampling)
             self.tokenizer.to(accelerator.device)
             return self.tokenizer.decode(codes.to(accelerator.device)).float()
 
