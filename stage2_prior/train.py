@@ -43,10 +43,7 @@ class SamplingDefaults:
     top_p: float = 1.0
 
     def __post_init__(self):
-        try:
-            self.options(conditional=True, class_dropout=True)   # SamplingOptions checks every field
-        except ValueError as err:
-            raise ValueError(f"sampling: {err}") from None
+        self.options(conditional=True, class_dropout=True)   # SamplingOptions checks every field
 
     def options(self, conditional: bool, class_dropout: bool) -> SamplingOptions:
         """The defaults a prior stores: no guidance for an unconditional prior, none (1.0) for a
