@@ -2,6 +2,7 @@
 
     imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid,accuracy
     imagegen-evaluate pipeline runs/pipeline --num-samples 10000 --metrics fid,is,pr,accuracy,nll
+    imagegen-evaluate pipeline runs/pipeline --metrics bpd --nll-split test --bpd-fit-split holdout
 
 The evaluation itself lives in `evalkit.evaluate`; this module parses the command line,
 prints the table and writes the JSON report.
@@ -67,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--metrics", default="fid,is,pr,accuracy", help=f"comma-separated: {','.join(PIPELINE_METRICS)}")
     pipe.add_argument("--reference-split", default="train")
     pipe.add_argument("--reference-size", type=int, default=10_000, help="real images in the reference set")
-    pipe.add_argument("--nll-split", default="test", help="held-out split for the prior's NLL")
-    pipe.add_argument("--nll-samples", type=int, default=None, help="held-out grids for the NLL (default: all)")
+    pipe.add_argument("--nll-split", default="test", help="held-out split for the prior's NLL and for bpd")
+    pipe.add_argument("--nll-samples", type=int, default=None,
+                      help="held-out grids for the NLL, images for bpd (a random subset; default: all)")
+    pipe.add_argument("--bpd-fit-split", default="holdout",
+                      help="split the decoder's scale is fitted on for bpd, not the --nll-split one "
+                           "('holdout': the part held out of train, data.val_fraction)")
+    pipe.add_argument("--bpd-fit-samples", type=int, default=None,
+                      help="images of --bpd-fit-split for the scale fit (a random subset; default: all)")
     pipe.add_argument("--token-cache-dir", default="runs/token_cache")
     common(pipe)
     return parser
@@ -99,7 +106,8 @@ def run(argv: list[str] | None = None) -> dict:
             results, settings = evaluate_pipeline(
                 args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
                 args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,
-                args.nll_split, args.nll_samples, args.token_cache_dir, options, progress)
+                args.nll_split, args.nll_samples, args.token_cache_dir, options, progress,
+                bpd_fit_split=args.bpd_fit_split, bpd_fit_samples=args.bpd_fit_samples)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     report = {"command": args.command, "model": str(args.model), "dataset": args.dataset, "settings": settings,

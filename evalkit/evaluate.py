@@ -3,6 +3,7 @@ in `commands.evaluate` is the command line over these functions).
 
     imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid,accuracy
     imagegen-evaluate pipeline runs/pipeline --num-samples 10000 --metrics fid,is,pr,accuracy,nll
+    imagegen-evaluate pipeline runs/pipeline --metrics bpd --nll-split test --bpd-fit-split holdout
 
 Every figure in the report names the feature network (with its weights hash), the reference
 set (dataset, split, number of images) and the number of samples it was computed from.
@@ -22,12 +23,13 @@ from torch.utils.data import DataLoader
 from stage2_prior.options import SamplingOptions
 from trainkit.data import DataConfig, ImageDataset
 
+from .bits_per_dim import bits_per_dim, check_splits
 from .features import FeatureNetwork, InceptionFID, check_images, get_feature_network
 from .metrics import class_accuracy, fid, inception_score, precision_recall
 from .reference import ReferenceStats, reference_stats, select_images
 
 TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "accuracy", "inception_rfid")
-PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll")
+PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll", "bpd")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
 
 
@@ -213,6 +215,12 @@ def balanced_labels(num_images: int, num_classes: int) -> list[int] | None:
     return [i % num_classes for i in range(num_images)] if num_classes else None
 
 
+def _tokenizer_data(tokenizer, dataset: str) -> DataConfig:
+    """The data settings of `dataset` as `tokenizer` takes it (channels, image size)."""
+    config = tokenizer.config
+    return DataConfig(dataset=dataset, channels=config.in_channels, image_size=config.image_size)
+
+
 def evaluate_pipeline(
     path: str,
     num_samples: int = 10_000,
@@ -230,12 +238,16 @@ def evaluate_pipeline(
     token_cache_dir: str | Path = "runs/token_cache",
     options: SamplingOptions | None = None,
     progress: bool = True,
+    bpd_fit_split: str = "holdout",
+    bpd_fit_samples: int | None = None,
 ) -> tuple[dict[str, dict], dict]:
     """Sample `num_samples` class-balanced images from a saved pipeline and measure them; returns
     (figures, settings). `options` holds further sampling options (temperature, top-k, top-p);
     `seed`, `batch_size` and `guidance_scale` win over its fields when not None, and what is
     left unset uses the pipeline's defaults. The settings name the options the samples were
-    drawn with (`top_k` 0 and `top_p` 1.0: no filter)."""
+    drawn with (`top_k` 0 and `top_p` 1.0: no filter). "nll" and "bpd" score `nll_samples`
+    images of `nll_split` (all when None); "bpd" fits the decoder's scale on `bpd_fit_samples`
+    images of `bpd_fit_split` (see `evalkit.bits_per_dim`)."""
     from pipelines import Pipeline
 
     metrics = parse_metrics(metrics, PIPELINE_METRICS)
@@ -245,6 +257,8 @@ def evaluate_pipeline(
     if labels is None and "accuracy" in metrics:
         raise ValueError("class accuracy needs a class-conditional pipeline; this one is unconditional "
                          "(drop 'accuracy' from --metrics)")
+    if "bpd" in metrics:
+        check_splits(_tokenizer_data(pipe.tokenizer, dataset), nll_split, bpd_fit_split)
     options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
                 "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
@@ -265,11 +279,14 @@ def evaluate_pipeline(
             inception_ref = reference_stats(InceptionFID(), data, reference_split, reference_size, cache_dir,
                                             progress=progress)
         results.update(evaluate_images(images, labels, reference, image_metrics, inception_ref, progress=progress))
+    if "nll" in metrics or "bpd" in metrics:
+        held_out = _tokenizer_data(pipe.tokenizer, dataset)
     if "nll" in metrics:
-        config = pipe.tokenizer.config
-        data = DataConfig(dataset=dataset, channels=config.in_channels, image_size=config.image_size)
-        results["nll"] = prior_nll(pipe.prior, pipe.tokenizer, data, nll_split, token_cache_dir, nll_samples,
+        results["nll"] = prior_nll(pipe.prior, pipe.tokenizer, held_out, nll_split, token_cache_dir, nll_samples,
                                    progress=progress)
+    if "bpd" in metrics:
+        results["bpd"] = bits_per_dim(pipe.prior, pipe.tokenizer, held_out, nll_split, bpd_fit_split, nll_samples,
+                                      bpd_fit_samples, batch_size, seed)
     return results, settings
 
 
@@ -288,6 +305,8 @@ def format_table(results: dict[str, dict]) -> str:
             text += f" (real: {fig['reference_value']:.4f})"
         if fig.get("uniform_value") is not None:
             text += f" (uniform: {fig['uniform_value']:.4f})"
+        if "parts" in fig:
+            text += " (" + " + ".join(f"{part} {bits:.4f}" for part, bits in fig["parts"].items()) + ")"
         ref = fig.get("reference", {})
         rows.append((name, text, fig.get("feature_network", "-"), f"{ref.get('dataset', '-')}:{ref.get('split', '-')}",
                      str(ref.get("num_images", "-")), str(fig.get("num_samples", "-"))))

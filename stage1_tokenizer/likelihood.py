@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 LEVELS = 256
-HALF_BIN = 1.0 / (LEVELS - 1)          # half the distance between two levels on [-1, 1]
 LOG_PROB_FLOOR = math.log(1e-12)       # no level is ever less likely than this
 LOG_SCALE_RANGE = (math.log(1e-4), math.log(4.0))
 
@@ -23,6 +22,11 @@ LOG_SCALE_RANGE = (math.log(1e-4), math.log(4.0))
 def levels(images: torch.Tensor) -> torch.Tensor:
     """The 8-bit level `[0, 255]` (int64) of each value of images in [-1, 1]."""
     return ((images.float() + 1) * ((LEVELS - 1) / 2)).round().clamp(0, LEVELS - 1).long()
+
+
+def _edge(odd: torch.Tensor) -> torch.Tensor:
+    """The bin edge `odd / 255 - 1` on [-1, 1] between two levels (`odd` = 2 * level +- 1)."""
+    return odd.float() / (LEVELS - 1) - 1
 
 
 def _channel_view(log_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -43,12 +47,11 @@ def discretized_logistic_log_prob(images: torch.Tensor, mean: torch.Tensor,
     if images.shape != mean.shape:
         raise ValueError(f"images {tuple(images.shape)} and means {tuple(mean.shape)} differ in shape")
     level = levels(images)
-    centre = level.float() * (2.0 / (LEVELS - 1)) - 1
-    log_scale = _channel_view(log_scale, images)
-    inv_scale = torch.exp(-log_scale)
-    offset = centre - mean.float().clamp(-1, 1)
-    upper = inv_scale * (offset + HALF_BIN)     # standardised upper edge of the level's bin
-    lower = inv_scale * (offset - HALF_BIN)     # standardised lower edge
+    mean = mean.float().clamp(-1, 1)
+    inv_scale = torch.exp(-_channel_view(log_scale, images))
+    # the standardised edges of each level's bin; level k's upper edge is level k+1's lower one, bit for bit
+    upper = inv_scale * (_edge(2 * level + 1) - mean)
+    lower = inv_scale * (_edge(2 * level - 1) - mean)
     log_cdf_upper = F.logsigmoid(upper)         # log P(X <= upper edge): the first level's mass
     log_sf_lower = F.logsigmoid(-lower)         # log P(X > lower edge): the last level's mass
     # log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(l - u)), u > l
