@@ -279,8 +279,7 @@ def evaluate_pipeline(
             inception_ref = reference_stats(InceptionFID(), data, reference_split, reference_size, cache_dir,
                                             progress=progress)
         results.update(evaluate_images(images, labels, reference, image_metrics, inception_ref, progress=progress))
-    if "nll" in metrics or "bpd" in metrics:
-        held_out = _tokenizer_data(pipe.tokenizer, dataset)
+    held_out = _tokenizer_data(pipe.tokenizer, dataset) if {"nll", "bpd"} & set(metrics) else None
     if "nll" in metrics:
         results["nll"] = prior_nll(pipe.prior, pipe.tokenizer, held_out, nll_split, token_cache_dir, nll_samples,
                                    progress=progress)
