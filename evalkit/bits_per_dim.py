@@ -27,28 +27,25 @@ from .reference import select_images
 HOLDOUT = "holdout"      # the deterministic part held out of the train split (data.val_fraction)
 
 
-def _split_source(data: DataConfig, split: str) -> tuple[DataConfig, str]:
-    """The data settings and split name serving `split`; "holdout" is the part held out of train."""
-    if split == HOLDOUT:
-        return dataclasses.replace(data, val_split=HOLDOUT), "val"
-    return data, split
+def _split_sources(data: DataConfig, split: str, fit_split: str) -> list[tuple[DataConfig, str]]:
+    """The data settings and served split name of `split` and of `fit_split`. When either is
+    "holdout" both are read with the holdout taken out of train, so "train" is disjoint from it."""
+    if HOLDOUT in (split, fit_split):
+        data = dataclasses.replace(data, val_split=HOLDOUT)
+    return [(data, "val" if name == HOLDOUT else name) for name in (split, fit_split)]
 
 
 def check_splits(data: DataConfig, split: str, fit_split: str) -> None:
     """Raise a ValueError unless `split` and `fit_split` exist and are different images."""
-    fingerprints = []
-    for name in (split, fit_split):
-        config, served = _split_source(data, name)
-        fingerprints.append(ImageData(config).fingerprint(served))
-    if fingerprints[0] == fingerprints[1]:
+    scored, fit = (ImageData(config).fingerprint(served) for config, served in _split_sources(data, split, fit_split))
+    if scored == fit:
         raise ValueError(f"the decoder's scale must be fitted on other images than the ones scored, but the fit "
                          f"split {fit_split!r} is the test split {split!r}; fit on {HOLDOUT!r} (held out of train) "
                          "or another split")
 
 
-def _images(data: DataConfig, split: str, num_images: int | None, seed: int) -> ImageDataset:
-    config, served = _split_source(data, split)
-    images, labels = select_images(config, served, num_images, seed)
+def _images(source: tuple[DataConfig, str], num_images: int | None, seed: int) -> ImageDataset:
+    images, labels = select_images(*source, num_images, seed)
     return ImageDataset(images, labels)
 
 
@@ -80,17 +77,19 @@ def bits_per_dim(prior, tokenizer, data: DataConfig, split: str = "test", fit_sp
     """The bound in bits per dimension, averaged over `max_images` images of `split` (all when
     None), with its reconstruction and prior parts. The decoder's scale (one logistic scale per
     channel, on the [-1, 1] pixel range) is fitted by maximum likelihood on `max_fit_images`
-    images of `fit_split`, which must hold other images ("holdout": the part held out of train).
+    images of `fit_split`, which must hold other images ("holdout": the part held out of train;
+    "train" then means the rest of it).
     Subsets are random, fixed by `seed`."""
     _check_components(prior, tokenizer, data)
     check_splits(data, split, fit_split)
     tokenizer = tokenizer.eval()
-    fit_set = _images(data, fit_split, max_fit_images, seed)
+    test_source, fit_source = _split_sources(data, split, fit_split)
+    fit_set = _images(fit_source, max_fit_images, seed)
     fitted = [(x.cpu(), recon.cpu()) for x, _codes, recon, _labels in _reconstruct(tokenizer, fit_set, batch_size)]
     log_scale = fit_log_scale(torch.cat([x for x, _ in fitted]), torch.cat([r for _, r in fitted]))
     del fitted
 
-    test_set = _images(data, split, max_images, seed)
+    test_set = _images(test_source, max_images, seed)
     if prior.layout.conditional and bool((test_set.labels < 0).any()):
         raise ValueError(f"a class-conditional prior scores codes given their class, but split {split!r} of "
                          f"{data.dataset!r} has unlabelled images; use a labelled split")

@@ -133,6 +133,9 @@ def test_bits_per_dim_rejects_the_test_split_for_the_fit_and_unknown_splits(tiny
     for fit_split in ("test", "testing", "val"):           # "val" is the test split here (data.val_split=auto)
         with pytest.raises(ValueError, match="other images than the ones scored"):
             bits_per_dim(prior, tokenizer, data, "test", fit_split)
+    # with the fit on the holdout, "train" is scored without it
+    train = bits_per_dim(prior, tokenizer, data, "train", "holdout", batch_size=500)
+    assert train["reference"]["num_images"] == 1425 and train["scale_fit"]["num_images"] == 75
     with pytest.raises(ValueError, match="split 'nope' not found"):
         bits_per_dim(prior, tokenizer, data, "test", "nope")
     with pytest.raises(ValueError, match="do not belong together"):
