@@ -5,7 +5,8 @@
     python benchmarks/tokenizer_quality.py --model runs/tokenizer_vq/final   # evaluate only
 
 Prints one JSON object: the machine kind, the recipe, the budget, steps done and wall-clock time, and per-image PSNR (on [0, 1],
-averaged over the 10,000 Fashion-MNIST test images), MSE, codebook usage and perplexity,
+averaged over the 10,000 Fashion-MNIST test images), MSE, for RGB tokenizers the colour errors (chroma_error,
+mean_color_error), codebook usage and perplexity,
 the shipped classifier's accuracy on the reconstructions (and on the originals), beside the targets (VQ: PSNR >= 25 dB and usage >= 95%; Gumbel: PSNR >= 22 dB, usage >= 60%).
 """
 
@@ -71,7 +72,8 @@ def main() -> None:
     classifiable = tokenizer.config.in_channels == 1 and tokenizer.config.image_size == 28
     start = time.perf_counter()
     figures = evaluate_tokenizer(tokenizer, data, "test", metrics=["mse", "psnr", "usage"] + ["accuracy"] * classifiable)
-    metrics = {k: figures[k]["value"] for k in ("mse", "psnr", "codebook_usage", "perplexity")}
+    reported = ("mse", "psnr", "chroma_error", "mean_color_error", "codebook_usage", "perplexity")
+    metrics = {k: figures[k]["value"] for k in reported if k in figures}  # colour errors: RGB tokenizers only
     metrics.update(num_images=float(figures["psnr"]["num_samples"]), seconds=time.perf_counter() - start)
     report["test"] = {k: round(v, 5) for k, v in metrics.items()}
     if classifiable:
