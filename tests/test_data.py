@@ -236,6 +236,8 @@ def test_shapes32_exports_to_an_image_folder_that_loads_back(tmp_path):
     assert rows(folder.train) == rows(original.train) and rows(folder.val) == rows(original.val)
     assert export_shapes32(tmp_path / "again", limit=2) == tmp_path / "again"
     assert len(list((tmp_path / "again").rglob("*.png"))) == 4
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_shapes32(tmp_path / "again", limit=1)
 
 
 # ----------------------------------------------------------------------------- other sources

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ from trainkit.data.fingerprints import stable_hash
 
 SHAPES32_CLASSES = ["circle", "square", "triangle"]
 SHAPES32_SIZES = {"train": 9000, "test": 1500}
-SHAPES32_VERSION = 1  # changes whenever the drawing or the sampling changes (part of the fingerprint)
 _SIZE, _SCALE = 32, 4
 _SEED = 32
 _MOSAIC = 16  # shapes drawn side by side per row of one drawing canvas
@@ -54,7 +54,7 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _shape_colors(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Uniform hue; 70% saturated and bright, 15% dark, 15% light."""
+    """Uniform hue; mostly saturated and bright, some dark, some light (the shares of `p`)."""
     hue = rng.random(n)
     kind = rng.choice(3, size=n, p=[0.7, 0.15, 0.15])
     bright, dark = kind == 0, kind == 1
@@ -138,6 +138,13 @@ def _split_seed(split: str) -> int:
     return _SEED * 1000 + sorted(SHAPES32_SIZES).index(split)
 
 
+def _content_hash(images: np.ndarray, labels: np.ndarray) -> str:
+    """Hash of the pixels and labels: caches keyed on it follow any change of the drawing or its libraries."""
+    digest = hashlib.sha256(images.tobytes())
+    digest.update(labels.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image, "RGB").save(buffer, format="PNG", compress_level=1)
@@ -157,7 +164,7 @@ def _make_split(split: str) -> datasets.Dataset:
         datasets.table.InMemoryTable(table),
         info=datasets.DatasetInfo(features=features),
         split=datasets.NamedSplit(split),
-        fingerprint=stable_hash("shapes32", split, SHAPES32_VERSION, seed, SHAPES32_SIZES[split]),
+        fingerprint=stable_hash("shapes32", split, _content_hash(images, specs.labels)),
     )
 
 
@@ -169,8 +176,10 @@ def load_shapes32() -> dict[str, datasets.Dataset]:
 
 def export_shapes32(directory: str | Path, limit: int | None = None) -> Path:
     """Write shapes32 as an image folder, `DIR/<split>/<class>/<index>.png` (at most `limit` images per
-    split), which `data.dataset=DIR` reads back with the same splits and classes."""
+    split), which `data.dataset=DIR` reads back with the same splits and classes. DIR must be new or empty."""
     root = Path(directory)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; export shapes32 into a new or empty folder")
     for split, rows in load_shapes32().items():
         rows = rows if limit is None else rows.select(range(min(limit, len(rows))))
         for class_name in SHAPES32_CLASSES:
@@ -185,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export", metavar="DIR", required=True, help="write the images here as PNG files")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per split")
     args = parser.parse_args(argv)
-    root = export_shapes32(args.export, args.limit)
+    try:
+        root = export_shapes32(args.export, args.limit)
+    except FileExistsError as err:
+        parser.error(str(err))
     print(f"wrote shapes32 to {root} (train/ and test/, one folder per class)")
 
 

@@ -14,7 +14,7 @@ import datasets
 from trainkit.data.config import DataConfig
 from trainkit.data.fashion_mnist import fashion_mnist_dir, load_fashion_mnist
 from trainkit.data.fingerprints import file_stats, split_fingerprints, tree_stats
-from trainkit.data.shapes import SHAPES32_VERSION, load_shapes32
+from trainkit.data.shapes import load_shapes32
 from trainkit.data.splits import split_keyword
 
 _TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
@@ -43,7 +43,7 @@ def open_source(cfg: DataConfig) -> Source:
         return Source("fashion_mnist", str(fashion_mnist_dir()), splits, split_fingerprints(splits))
     if name == "shapes32":
         splits = load_shapes32()
-        return Source("shapes32", f"generated-v{SHAPES32_VERSION}", splits, split_fingerprints(splits))
+        return Source("shapes32", "generated", splits, split_fingerprints(splits))
     if re.search(r"[*?[]", name):
         matches = glob.glob(os.path.expanduser(name), recursive=True)
         files = sorted(Path(p).resolve() for p in matches if os.path.isfile(p))
