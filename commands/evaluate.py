@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--split", default="test")
     tok.add_argument("--num-samples", type=int, default=None, help="images of the split (default: all)")
     tok.add_argument("--seed", type=int, default=0, help="seed of the random subset when --num-samples is set")
-    tok.add_argument("--metrics", default="mse,psnr,usage,rfid", help=f"comma-separated: {','.join(TOKENIZER_METRICS)}")
+    tok.add_argument("--metrics", default="mse,psnr,usage,rfid",
+                     help=f"comma-separated: {','.join(TOKENIZER_METRICS)} "
+                          "(for RGB images mse also reports chroma_error and mean_color_error)")
     common(tok)
 
     pipe = sub.add_parser("pipeline", help="sample quality of a saved pipeline (tokenizer + prior)")

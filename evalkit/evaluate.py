@@ -31,6 +31,7 @@ from .reference import ReferenceStats, reference_stats, select_images
 TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "accuracy", "inception_rfid")
 PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll", "bpd")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
+COLOR_FIGURES = ("chroma_error", "mean_color_error")  # reported with "mse" when the images are RGB
 
 
 def parse_metrics(text: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -132,11 +133,13 @@ def evaluate_tokenizer(
 ) -> dict[str, dict]:
     """Reconstruction metrics of `tokenizer` on `num_samples` images of `split` (all when None).
 
-    mse/psnr/usage come from `stage1_tokenizer.evaluate.reconstruction_metrics`; "rfid" is the
-    Frechet distance between the domain network's features of the reconstructions and of the
-    same original images, "inception_rfid" the same with Inception-v3 features; "accuracy" is
-    the domain classifier's accuracy on the reconstructions, beside its accuracy on the originals
-    (what the tokenizer leaves of the class: a ceiling for a pipeline's class accuracy).
+    mse/psnr/usage come from `stage1_tokenizer.evaluate.reconstruction_metrics`; for RGB images
+    "mse" also gives `chroma_error` and `mean_color_error` (BT.601 chroma MAE and the distance
+    between mean colours, on [0, 1]); "rfid" is the Frechet distance between the domain network's
+    features of the reconstructions and of the same original images, "inception_rfid" the same
+    with Inception-v3 features; "accuracy" is the domain classifier's accuracy on the
+    reconstructions, beside its accuracy on the originals (what the tokenizer leaves of the class:
+    a ceiling for a pipeline's class accuracy).
     """
     from stage1_tokenizer.evaluate import reconstruction_metrics
 
@@ -153,10 +156,12 @@ def evaluate_tokenizer(
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
     results: dict[str, dict] = {}
-    for name, keys in (("mse", ["mse"]), ("psnr", ["psnr"]), ("usage", ["codebook_usage", "perplexity"])):
+    groups = (("mse", ["mse", *COLOR_FIGURES]), ("psnr", ["psnr"]), ("usage", ["codebook_usage", "perplexity"]))
+    for name, keys in groups:
         if name in metrics:
             for key in keys:
-                results[key] = {"value": recon_metrics[key], **where}
+                if key in recon_metrics:  # the colour figures exist for RGB images only
+                    results[key] = {"value": recon_metrics[key], **where}
     if not feature_metrics:
         return results
     reconstructions = torch.cat(recons)

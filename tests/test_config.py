@@ -16,6 +16,13 @@ def test_every_tokenizer_recipe_loads(path):
     assert cfg.model.quantizer in ("vq", "gumbel")
 
 
+def test_the_shapes32_recipe_is_an_rgb_vq_tokenizer_to_an_8x8_grid():
+    cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "shapes32_vq.yaml")
+    assert (cfg.data.dataset, cfg.data.channels) == ("shapes32", 3)
+    assert cfg.model.quantizer == "vq" and 32 // cfg.model.downsample_factor == 8
+    assert (cfg.train.max_steps, cfg.train.eval_every) == (800, 200)
+
+
 def test_overrides_are_typed_and_dotted():
     cfg = load_config(
         TokenizerTrainConfig, CONFIGS / "tokenizer" / "fashion_mnist_vq.yaml",

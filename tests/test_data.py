@@ -11,14 +11,18 @@ from PIL import Image
 
 from trainkit.data import (
     FASHION_MNIST_CLASSES,
+    SHAPES32_CLASSES,
     DataConfig,
     ImageData,
     ImageDataset,
+    export_shapes32,
     holdout_indices,
+    load_shapes32,
     read_idx,
 )
 from trainkit.data.dataset import LazyImages
 from trainkit.data.fingerprints import stable_hash
+from trainkit.data.shapes import draw_images, main as shapes_main, sample_specs
 from trainkit.data.transforms import ImageTransform
 
 torch.set_num_threads(1)
@@ -155,6 +159,85 @@ def test_lazy_matches_in_memory():
     for i in (0, 17, -1):
         assert torch.equal(lazy[i][0], eager[i][0]) and lazy[i][1] == eager[i][1]
     assert torch.equal(lazy.get_batch([1, 2])[0], eager.get_batch([1, 2])[0])
+
+
+# ----------------------------------------------------------------------------- shapes32
+
+
+def shapes32_pixels(split: str) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] of a shapes32 split, decoded straight from its PNG column."""
+    return np.stack([np.asarray(image) for image in load_shapes32()[split]["image"]])
+
+
+def test_shapes32_is_generated_identically_every_time():
+    first = load_shapes32()
+    load_shapes32.cache_clear()
+    second = load_shapes32()
+    assert first is not second and sorted(first) == sorted(second) == ["test", "train"]
+    for split in first:
+        assert first[split].data.table.equals(second[split].data.table)  # the same PNG bytes and labels
+        assert first[split]._fingerprint == second[split]._fingerprint
+    assert first["train"]._fingerprint != first["test"]._fingerprint
+    specs = sample_specs(40, seed=5)
+    assert draw_images(specs).tobytes() == draw_images(sample_specs(40, seed=5)).tobytes()
+    assert draw_images(specs).tobytes() != draw_images(sample_specs(40, seed=6)).tobytes()
+
+
+def test_shapes32_splits_through_image_data():
+    data = ImageData(DataConfig(dataset="shapes32", channels=3))
+    splits = data.splits()
+    assert (len(splits.train), len(splits.val)) == (9000, 1500)  # val: the test split
+    assert splits.class_names == SHAPES32_CLASSES == ["circle", "square", "triangle"]
+    assert splits.channels == 3 and splits.image_size == (32, 32)
+    assert torch.bincount(splits.train.labels).tolist() == [3000] * 3
+    assert torch.bincount(splits.val.labels).tolist() == [500] * 3
+    image, label = splits.train[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32) and label in (0, 1, 2)
+    images, _ = splits.val.get_batch(torch.arange(500))
+    assert -1 <= images.min() < -0.9 and 0.9 < images.max() <= 1
+    assert not torch.equal(images[:, 0], images[:, 2])  # colour, not grey
+    assert torch.equal(splits.train.images_uint8[5].permute(1, 2, 0), torch.from_numpy(shapes32_pixels("train")[5]))
+    assert splits.source == ImageData(DataConfig(dataset="shapes32", channels=3)).fingerprint()
+    assert "shapes32" in splits.source
+    gray = ImageData(DataConfig(dataset="shapes32", max_train_samples=8)).split("train")
+    assert gray.image_shape == (1, 32, 32) and gray.source != splits.train.source
+
+
+def test_shapes32_colours_span_the_hue_circle_and_stand_out():
+    pixels = shapes32_pixels("train")
+    hsv = np.asarray(Image.fromarray(pixels.reshape(-1, 32, 3)).convert("HSV")).reshape(-1, 3).astype(np.int64)
+    vivid = hsv[(hsv[:, 1] > 160) & (hsv[:, 2] > 160)]
+    share = np.bincount(vivid[:, 0] * 12 // 256, minlength=12) / len(vivid)
+    assert share.min() > 0.03, share  # every 30 degrees of hue
+    rgb = pixels.reshape(-1, 3).astype(np.int64)
+    blue = (rgb[:, 2] >= 220) & (rgb[:, 0] <= 60) & (rgb[:, 1] <= 60)
+    assert blue.mean() > 0.002
+    # the top row is always background; the shape's colour is the pixel farthest from it
+    background = pixels[:, :1, :1, :].astype(np.float64) / 255
+    assert (pixels[:, 0, :, :] == pixels[:, :1, 0, :]).all()
+    distance = np.linalg.norm(pixels / 255 - background, axis=-1).reshape(len(pixels), -1)
+    assert distance.max(axis=1).min() >= 0.39
+    covered = (distance > 0.2).mean(axis=1)
+    assert 0.03 < covered.min() and covered.max() < 0.6
+    brightness = pixels.max(axis=-1)
+    assert (brightness < 40).any() and (pixels.min(axis=-1) > 215).any()  # dark and light colours too
+
+
+def test_shapes32_exports_to_an_image_folder_that_loads_back(tmp_path):
+    shapes_main(["--export", str(tmp_path / "shapes"), "--limit", "30"])
+    for split in ("train", "test"):
+        assert sorted(p.name for p in (tmp_path / "shapes" / split).iterdir()) == SHAPES32_CLASSES
+    folder = ImageData(DataConfig(dataset=str(tmp_path / "shapes"), channels=3)).splits()
+    assert folder.class_names == SHAPES32_CLASSES and (len(folder.train), len(folder.val)) == (30, 30)
+    original = ImageData(DataConfig(dataset="shapes32", channels=3, max_train_samples=30, max_val_samples=30)).splits()
+
+    def rows(ds):
+        return sorted((int(label), image.numpy().tobytes()) for image, label in zip(ds.images_uint8, ds.labels))
+    assert rows(folder.train) == rows(original.train) and rows(folder.val) == rows(original.val)
+    assert export_shapes32(tmp_path / "again", limit=2) == tmp_path / "again"
+    assert len(list((tmp_path / "again").rglob("*.png"))) == 4
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_shapes32(tmp_path / "again", limit=1)
 
 
 # ----------------------------------------------------------------------------- other sources

@@ -323,6 +323,27 @@ def test_tokenizer_accuracy_is_the_classifier_on_reconstructions_beside_the_orig
     assert blank["value"] < 0.2 and blank["reference_value"] == lossless["reference_value"]
 
 
+def test_tokenizer_colour_errors_come_with_the_mse_for_rgb_images():
+    class Grey(PixelTokenizer):
+        def decode(self, codes):
+            x = super().decode(codes)
+            luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+            return luma[:, None].expand_as(x)
+
+    settings = dict(split="test", num_samples=300, metrics=["mse", "psnr", "usage"])
+    rgb = DataConfig(dataset="shapes32", channels=3)
+    lossless = evaluate_tokenizer(PixelTokenizer(), rgb, **settings)
+    assert list(lossless) == ["mse", "chroma_error", "mean_color_error", "psnr", "codebook_usage", "perplexity"]
+    assert lossless["chroma_error"]["value"] == pytest.approx(0, abs=1e-6)
+    assert lossless["chroma_error"]["reference"] == {"dataset": "shapes32", "split": "test", "num_images": 300}
+    grey = evaluate_tokenizer(Grey(), rgb, **settings)
+    assert grey["chroma_error"]["value"] > 0.05 and grey["mean_color_error"]["value"] > 0.05
+    assert "chroma_error" not in evaluate_tokenizer(PixelTokenizer(), rgb, split="test", num_samples=10,
+                                                    metrics=["psnr"])
+    gray_images = evaluate_tokenizer(PixelTokenizer(), DataConfig(dataset="shapes32"), **settings)
+    assert set(gray_images) == {"mse", "psnr", "codebook_usage", "perplexity"}
+
+
 def test_prior_nll_in_bits_per_token_on_held_out_grids(tiny_tokenizer_dir, digits_parquet, tmp_path):
     from stage1_tokenizer import ImageTokenizer
     from stage2_prior import ImagePrior, PriorConfig, TokenLayout

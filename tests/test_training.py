@@ -60,6 +60,26 @@ def test_short_run_loss_falls_and_writes_everything(digits_parquet, tmp_path, re
         assert figures["codebook_usage"] == final_metrics["codebook_usage"]
 
 
+def test_the_shapes32_recipe_trains_rgb_and_reports_colour_errors(tmp_path):
+    out = tmp_path / "shapes"
+    tiny = ["model.base_channels=8", "model.latent_channels=8", "model.codebook_size=32", "train.batch_size=16",
+            "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1", "train.eval_every=2",
+            "train.checkpoint_every=2", "train.progress_bar=false", "train.max_minutes=null",
+            "train.mixed_precision=no", "train.num_threads=1", "data.max_train_samples=64", "data.max_val_samples=32"]
+    run_module(["-m", "stage1_tokenizer.train", "--config", "configs/tokenizer/shapes32_vq.yaml",
+                f"output_dir={out}", *tiny])
+    evals = [r for r in read_metrics(out) if "val/psnr" in r]
+    assert [r["step"] for r in evals] == [2]
+    assert evals[-1]["val/num_images"] == 32
+    assert evals[-1]["val/chroma_error"] > 0 and evals[-1]["val/mean_color_error"] > 0
+    model = ImageTokenizer.from_pretrained(out / "final")
+    assert (model.config.in_channels, model.config.image_size, model.grid_size) == (3, 32, (8, 8))
+    report = evaluate_main(["tokenizer", str(out / "final"), "--dataset", "shapes32", "--num-samples", "48",
+                            "--metrics", "mse,psnr,usage"])
+    assert {"chroma_error", "mean_color_error"} <= set(report["metrics"])
+    assert report["metrics"]["chroma_error"]["num_samples"] == 48
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(digits_parquet, tmp_path):
     common = ["train.max_steps=40", "train.checkpoint_every=10", "train.eval_every=1000", "train.keep_checkpoints=3"]
     ref = tmp_path / "reference"

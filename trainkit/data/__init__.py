@@ -1,6 +1,6 @@
 """Image data shared by both stages: sources, splits and labels, transforms, datasets.
 
-Sources: the embedded Fashion-MNIST (Debian's IDX files), an image folder, parquet/arrow
+Sources: the embedded Fashion-MNIST (Debian's IDX files), the generated RGB shapes32, an image folder, parquet/arrow
 files, or a hub dataset id. Images are converted to L/RGB, brought to one size and served
 as float32 `[C, H, W]` tensors in [-1, 1] with int labels (-1 when unlabelled).
 `ImageData(cfg, downsample_factor)` is the entry point: `.split(name)`, `.splits()`, `.fingerprint(*names)`.
@@ -22,6 +22,9 @@ _EXPORTS = {
     "fashion_mnist_dir": "fashion_mnist",
     "load_fashion_mnist": "fashion_mnist",
     "read_idx": "fashion_mnist",
+    "SHAPES32_CLASSES": "shapes",
+    "export_shapes32": "shapes",
+    "load_shapes32": "shapes",
     "holdout_indices": "splits",
     "ImageTransform": "transforms",
     "LazyImages": "dataset",
@@ -56,5 +59,6 @@ if TYPE_CHECKING:
         read_idx,
     )
     from trainkit.data.image_data import ImageData
+    from trainkit.data.shapes import SHAPES32_CLASSES, export_shapes32, load_shapes32
     from trainkit.data.splits import holdout_indices
     from trainkit.data.transforms import ImageTransform

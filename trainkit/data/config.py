@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class DataConfig:
     """Which images to train on and how to prepare them."""
 
-    dataset: str = "fashion_mnist"  # "fashion_mnist" | image folder | parquet/arrow file(s), glob or folder | hub id
+    # "fashion_mnist" | "shapes32" | image folder | parquet/arrow file(s), glob or folder | hub id
+    dataset: str = "fashion_mnist"
     config_name: str | None = None  # hub dataset config
     revision: str | None = None  # hub dataset revision
     image_column: str = "image"

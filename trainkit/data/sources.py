@@ -1,4 +1,5 @@
-"""Opening a data source: the embedded Fashion-MNIST, an image folder, parquet/arrow files, or a hub dataset id."""
+"""Opening a data source: the embedded Fashion-MNIST, the generated shapes32, an image folder, parquet/arrow
+files, or a hub dataset id."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import datasets
 from trainkit.data.config import DataConfig
 from trainkit.data.fashion_mnist import fashion_mnist_dir, load_fashion_mnist
 from trainkit.data.fingerprints import file_stats, split_fingerprints, tree_stats
+from trainkit.data.shapes import load_shapes32
 from trainkit.data.splits import split_keyword
 
 _TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
@@ -23,7 +25,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class Source:
     """The splits of one opened source, with what identifies it."""
 
-    kind: str  # fashion_mnist | imagefolder | parquet | arrow | hub
+    kind: str  # fashion_mnist | shapes32 | imagefolder | parquet | arrow | hub
     location: str
     splits: dict[str, datasets.Dataset]
     stats: str = ""  # extra fingerprint material (file sizes/mtimes, hub fingerprints)
@@ -39,6 +41,9 @@ def open_source(cfg: DataConfig) -> Source:
     if name in ("fashion_mnist", "fashion-mnist"):
         splits = load_fashion_mnist(fashion_mnist_dir())
         return Source("fashion_mnist", str(fashion_mnist_dir()), splits, split_fingerprints(splits))
+    if name == "shapes32":
+        splits = load_shapes32()
+        return Source("shapes32", "generated", splits, split_fingerprints(splits))
     if re.search(r"[*?[]", name):
         matches = glob.glob(os.path.expanduser(name), recursive=True)
         files = sorted(Path(p).resolve() for p in matches if os.path.isfile(p))
