@@ -8,17 +8,29 @@ import time
 import torch
 
 
-def machine_kind() -> str:
-    """"AMX", "AVX-512", "AVX2" or "other", from the flags in /proc/cpuinfo."""
-    flags: set[str] = set()
+def cpu_flags() -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo."""
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def machine_kind() -> str:
+    """"AMX", "AVX-512", "AVX2" or "other", from the CPU's flags."""
+    flags = cpu_flags()
     if "amx_tile" in flags:
         return "AMX"
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "other")
+
+
+def bf16_units() -> str | None:
+    """Which bf16 matrix instructions the CPU has: "AMX", "AVX512-BF16" or None (bf16 emulated)."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
 def matmul_peak_gflops(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:

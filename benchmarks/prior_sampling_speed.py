@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
-from machine import machine_kind, matmul_peak_gflops  # noqa: E402
+from machine import bf16_units, machine_kind, matmul_peak_gflops  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
 from stage2_prior.layout import TokenLayout  # noqa: E402
@@ -174,10 +174,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cache-repeats", type=int, default=1, help="timed runs of the slow uncached loop")
     parser.add_argument("--large-grid", action="store_true", help="also time a 16x16 grid over 16,384 codes")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the prior's weights and activations, for ours and generate alike")
     args = parser.parse_args()
 
     load_start = round(os.getloadavg()[0], 2)
     prior = ImagePrior.from_pretrained(args.prior).eval() if args.prior else recipe_prior(1024, (7, 7), 10)
+    prior.to(getattr(torch, args.dtype))
     layout, n = prior.layout, args.num_images
     labels = torch.arange(n) % layout.num_classes if layout.conditional else None
     modes = {"unguided": 1.0, "guided": args.guidance_scale} if layout.conditional else {"unguided": 1.0}
@@ -212,6 +215,7 @@ def main() -> None:
         "flops_per_token_row": flops,
         "layout": {"codebook_size": layout.codebook_size, "grid": list(layout.grid),
                    "num_classes": layout.num_classes},
+        "dtype": args.dtype, "cpu_bf16_units": bf16_units(),
         "num_images": n, "guidance_scale": args.guidance_scale, "temperature": 1.0, "top_k": None,
         "repeats": {"ours": args.repeats, "generate": args.repeats, "no_cache": args.no_cache_repeats},
         "cpu_count": os.cpu_count(),
@@ -219,7 +223,7 @@ def main() -> None:
         "generate_greedy_matches_ours": greedy_match,
         "baseline_rss_mb": round(rss_mb("VmRSS"), 1),
         "images_per_s": {}, "peak_rss_rise_mb": {}, "ratios": {}, "batch1_ms_per_image": {},
-        "matmul_peak_gflops_fp32": {},
+        "matmul_peak_gflops_fp32": {}, "matmul_peak_gflops_bf16": {},
     }
     repeats = {"ours": args.repeats, "generate": args.repeats, "no_cache": args.no_cache_repeats}
     with torch.inference_mode():
@@ -227,6 +231,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             peak = max(matmul_peak_gflops(torch.float32).values())
             report["matmul_peak_gflops_fp32"][str(threads)] = round(peak, 1)
+            report["matmul_peak_gflops_bf16"][str(threads)] = round(max(matmul_peak_gflops(torch.bfloat16).values()), 1)
             for mode, scale in modes.items():
                 key = f"{mode}_threads{threads}"
                 seconds, peaks = time_interleaved({name: make(scale) for name, make in methods(n).items()}, repeats)

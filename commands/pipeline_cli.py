@@ -58,6 +58,9 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default 0)")
     parser.add_argument("--batch-size", type=int, default=None, help="images sampled together (default: all)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                        help="the prior's dtype; auto: bfloat16 where the device has bf16 matrix units "
+                             "(a GPU, or a CPU with AVX512-BF16 or AMX), else float32")
     parser.add_argument("--nrow", type=int, default=None, help="grid columns (default: --per-class, else 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     out = parser.add_mutually_exclusive_group(required=True)
@@ -71,7 +74,8 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
     from stage2_prior import SamplingOptions
 
     try:
-        pipe = Pipeline.from_pretrained(args.pipeline, revision=args.revision, device=args.device)
+        pipe = Pipeline.from_pretrained(args.pipeline, revision=args.revision, device=args.device,
+                                        torch_dtype=args.dtype)
         names = pipe.class_names
         labels = None if args.class_labels is None else [_label(t, names) for t in args.class_labels]
         options = SamplingOptions(guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,

@@ -36,6 +36,7 @@ from stage2_prior import ImagePrior, SamplingOptions, TokenLayout, sample_codes
 from stage2_prior.options import generation_config, save_generation_config
 from stage2_prior.sampling import resolve_options
 from trainkit import __version__
+from trainkit.devices import inference_dtype
 from trainkit.hub import CheckpointError, publish_dir, push_folder_to_hub, resolve_pretrained_dir
 from trainkit.images import save_grid
 
@@ -492,9 +493,16 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                        cache_dir: str | None = None, device: str | torch.device = "cpu") -> "Pipeline":
+                        cache_dir: str | None = None, device: str | torch.device = "cpu",
+                        torch_dtype: str | torch.dtype | None = None) -> "Pipeline":
         """Load a pipeline directory or hub repo (downloaded once, then read from the cache;
-        `HF_HUB_OFFLINE=1` works from the cache alone)."""
+        `HF_HUB_OFFLINE=1` works from the cache alone).
+
+        `torch_dtype` is the prior's dtype (the tokenizer stays float32, see `to`): None or
+        `"float32"` (the default), `"bfloat16"`, or `"auto"`, i.e. bf16 where the device has bf16
+        matrix units (a GPU, or a CPU with AVX512-BF16 or AMX), which samples faster there.
+        """
+        dtype = inference_dtype(torch_dtype, device)
         directory = resolve_pretrained_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir)
         manifest = read_manifest(directory)
         if manifest.get("format_version", 1) > FORMAT_VERSION:
@@ -541,7 +549,7 @@ class Pipeline:
             detail = "; ".join(f"{k}: manifest {a}, components {b}" for k, (a, b) in differs.items())
             raise CheckpointError(f"pipeline {str(directory)!r}: its manifest does not describe its components "
                                   f"({detail}); re-save the pipeline from its components")
-        return pipe
+        return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
     @classmethod
     def from_components(cls, tokenizer: str | os.PathLike, prior: str | os.PathLike,

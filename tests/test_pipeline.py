@@ -308,6 +308,27 @@ def test_bfloat16_prior(pipe):
     assert out.dtype == torch.float32 and out.shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
+def test_loading_with_a_dtype_casts_the_prior_only(saved, monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    p = Pipeline.from_pretrained(saved, torch_dtype="auto")
+    assert p.prior.lm.dtype == expected and next(p.tokenizer.parameters()).dtype == torch.float32
+    assert Pipeline.from_pretrained(saved, torch_dtype="bfloat16").prior.lm.dtype == torch.bfloat16
+    assert Pipeline.from_pretrained(saved).prior.lm.dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be 'auto', 'float32'"):
+        Pipeline.from_pretrained(saved, torch_dtype="int8")
+
+
+def test_generate_command_takes_a_dtype(saved, tmp_path):
+    from commands.pipeline_cli import generate_main
+
+    written = generate_main([str(saved), "--num-images", "2", "--dtype", "bfloat16", "--no-progress",
+                             "--output", str(tmp_path / "grid.png")])
+    assert [p.name for p in written] == ["grid.png"] and written[0].is_file()
+
+
 # ------------------------------------------------------------------------------------------ save / load
 
 

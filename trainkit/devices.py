@@ -37,6 +37,34 @@ def resolve_mixed_precision(value: str | None) -> str | None:
     return "bf16" if amx is not None and amx() else "no"
 
 
+def bf16_computes_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` has bf16 matrix units: a GPU with bf16, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere (AVX2 CPUs) bf16 products are emulated and slower than float32 ones.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def inference_dtype(value: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """The dtype a model infers in: `"auto"` -> bf16 where `bf16_computes_fast(device)`, else float32;
+    None -> float32; `"float32"`, `"bfloat16"`, `"float16"` or a floating `torch.dtype` as given."""
+    if value is None:
+        return torch.float32
+    if value == "auto":
+        return torch.bfloat16 if bf16_computes_fast(device) else torch.float32
+    dtype = getattr(torch, value, None) if isinstance(value, str) else value
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16', 'float16' or a floating torch.dtype, "
+                         f"got {value!r}")
+    return dtype
+
+
 def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """Store the 4-d weights of `model` in channels-last (NHWC) order, in place.
 
