@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--bpd-fit-samples", type=int, default=None,
                       help="images of --bpd-fit-split for the scale fit (a random subset; default: all)")
     pipe.add_argument("--token-cache-dir", default="runs/token_cache")
+    pipe.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                      help="the prior's dtype (auto: bfloat16 where the device has bf16 matrix units)")
     common(pipe)
     return parser
 
@@ -109,7 +111,7 @@ def run(argv: list[str] | None = None) -> dict:
                 args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
                 args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,
                 args.nll_split, args.nll_samples, args.token_cache_dir, options, progress,
-                bpd_fit_split=args.bpd_fit_split, bpd_fit_samples=args.bpd_fit_samples)
+                bpd_fit_split=args.bpd_fit_split, bpd_fit_samples=args.bpd_fit_samples, torch_dtype=args.dtype)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     report = {"command": args.command, "model": str(args.model), "dataset": args.dataset, "settings": settings,

@@ -245,6 +245,7 @@ def evaluate_pipeline(
     progress: bool = True,
     bpd_fit_split: str = "holdout",
     bpd_fit_samples: int | None = None,
+    torch_dtype: str | torch.dtype | None = None,
 ) -> tuple[dict[str, dict], dict]:
     """Sample `num_samples` class-balanced images from a saved pipeline and measure them; returns
     (figures, settings). `options` holds further sampling options (temperature, top-k, top-p);
@@ -252,11 +253,12 @@ def evaluate_pipeline(
     left unset uses the pipeline's defaults. The settings name the options the samples were
     drawn with (`top_k` 0 and `top_p` 1.0: no filter). "nll" and "bpd" score `nll_samples`
     images of `nll_split` (all when None); "bpd" fits the decoder's scale on `bpd_fit_samples`
-    images of `bpd_fit_split` (see `evalkit.bits_per_dim`)."""
+    images of `bpd_fit_split` (see `evalkit.bits_per_dim`). `torch_dtype` is the prior's dtype
+    (see `Pipeline.from_pretrained`)."""
     from pipelines import Pipeline
 
     metrics = parse_metrics(metrics, PIPELINE_METRICS)
-    pipe = Pipeline.from_pretrained(path)
+    pipe = Pipeline.from_pretrained(path, torch_dtype=torch_dtype)
     num_classes = pipe.prior.layout.num_classes
     labels = balanced_labels(num_samples, num_classes)
     if labels is None and "accuracy" in metrics:
@@ -267,7 +269,8 @@ def evaluate_pipeline(
     options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
                 "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
-                "class_labels": "balanced" if labels else None}
+                "class_labels": "balanced" if labels else None,
+                "prior_dtype": str(pipe.prior.lm.dtype).removeprefix("torch.")}
     results: dict[str, dict] = {}
     image_metrics = [m for m in metrics if m in IMAGE_METRICS]
     if image_metrics:

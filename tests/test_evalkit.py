@@ -400,12 +400,14 @@ def test_pipeline_command_samples_balanced_classes_and_reports(monkeypatch, fash
     calls = []
 
     class FakePipeline:
-        prior = types.SimpleNamespace(layout=types.SimpleNamespace(num_classes=10))
+        def __init__(self, dtype):
+            self.prior = types.SimpleNamespace(layout=types.SimpleNamespace(num_classes=10),
+                                               lm=types.SimpleNamespace(dtype=getattr(torch, dtype)))
 
         @classmethod
-        def from_pretrained(cls, path):
-            calls.append(("from_pretrained", path))
-            return cls()
+        def from_pretrained(cls, path, torch_dtype=None):
+            calls.append(("from_pretrained", path, torch_dtype))
+            return cls(torch_dtype)
 
         def sampling_options(self, class_labels, options, **overrides):
             return options.merged(**overrides)
@@ -420,9 +422,9 @@ def test_pipeline_command_samples_balanced_classes_and_reports(monkeypatch, fash
     out = tmp_path / "report.json"
     evaluate_main(["pipeline", "some/pipeline", "--num-samples", "200", "--batch-size", "50", "--seed", "3",
                    "--guidance-scale", "2.0", "--metrics", "fid,is,pr,accuracy", "--reference-size", "1000",
-                   "--cache-dir", str(tmp_path / "cache"), "--output", str(out)])
+                   "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--dtype", "bfloat16"])
     kwargs = calls[1][1]
-    assert calls[0] == ("from_pretrained", "some/pipeline")
+    assert calls[0] == ("from_pretrained", "some/pipeline", "bfloat16")
     assert kwargs["class_labels"] == [i % 10 for i in range(200)] and kwargs["output_type"] == "pt"
     options = kwargs["options"]
     assert (kwargs["num_images"], options.seed, options.guidance_scale, options.batch_size) == (200, 3, 2.0, 50)
@@ -431,3 +433,4 @@ def test_pipeline_command_samples_balanced_classes_and_reports(monkeypatch, fash
     assert report["metrics"]["accuracy"]["value"] >= 0.9
     assert report["metrics"]["fid"]["reference"] == {"dataset": "fashion_mnist", "split": "train", "num_images": 1000}
     assert report["settings"]["guidance_scale"] == 2.0 and report["settings"]["class_labels"] == "balanced"
+    assert report["settings"]["prior_dtype"] == "bfloat16"
