@@ -29,6 +29,9 @@ class ImageTokenizerConfig:
     quantizer: Literal["vq", "gumbel"] = "vq"
     codebook_size: int = 512
     recon_loss: Literal["mse", "l1"] = "mse"
+    # RGB only: weight of the reconstruction error along the two chroma axes (orthogonal to grey)
+    # against the grey axis; 1 is the plain RGB loss. Above 1, colour is learned sooner.
+    chroma_weight: float = 1.0
 
     # VQ-VAE: nearest-neighbour lookup with a straight-through gradient.
     vq_beta: float = 0.25                 # commitment weight, on ||z_e - sg(e)||^2
@@ -68,6 +71,8 @@ class ImageTokenizerConfig:
                 f"image_size {self.image_size} is not divisible by the downsampling factor "
                 f"{self.downsample_factor} (2**num_downsamples)"
             )
+        if self.chroma_weight <= 0:
+            raise ValueError(f"chroma_weight must be positive, got {self.chroma_weight}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
 

@@ -15,6 +15,29 @@ from .networks import Decoder, Encoder
 from .quantizers import build_quantizer
 
 
+# An orthonormal colour basis: the grey axis, then two chroma axes orthogonal to it.
+_COLOR_AXES = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
+_COLOR_AXES = _COLOR_AXES / _COLOR_AXES.norm(dim=1, keepdim=True)
+
+
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, kind: str = "mse",
+                        chroma_weight: float = 1.0) -> torch.Tensor:
+    """Mean squared (`"mse"`) or absolute (`"l1"`) error per pixel value.
+
+    With `chroma_weight != 1` (RGB images) the error is measured along the grey axis and two
+    chroma axes of an orthonormal colour basis, the chroma terms weighted by `chroma_weight`.
+    The basis is a rotation, so the MSE of a grey error is the plain RGB one at any weight
+    (an L1 error, not rotation invariant, is measured along the axes once they are weighted).
+    """
+    diff = recon.float() - images.float()
+    per_value = diff.pow(2) if kind == "mse" else diff.abs()
+    if chroma_weight == 1.0:
+        return per_value.mean()
+    rotated = torch.einsum("ij,bjhw->bihw", _COLOR_AXES.to(diff.device), diff)
+    per_axis = (rotated.pow(2) if kind == "mse" else rotated.abs()).mean(dim=(0, 2, 3))
+    return (per_axis[0] + chroma_weight * (per_axis[1] + per_axis[2])) / 3
+
+
 @dataclass
 class TokenizerOutput:
     reconstruction: torch.Tensor     # [B, C, H, W], in [-1, 1] after clamping at decode time
@@ -36,6 +59,9 @@ class ImageTokenizer(PretrainedMixin, nn.Module):
 
     def __init__(self, config: ImageTokenizerConfig):
         super().__init__()
+        if config.chroma_weight != 1.0 and config.in_channels != 3:
+            raise ValueError(f"chroma_weight={config.chroma_weight} weighs colour errors, but the images have "
+                             f"{config.in_channels} channel(s): leave it at 1 for grayscale data")
         self.config = config
         enc_out = config.latent_channels if config.quantizer == "vq" else config.codebook_size
         self.encoder = Encoder(config, enc_out)
@@ -87,10 +113,7 @@ class ImageTokenizer(PretrainedMixin, nn.Module):
         self._check_images(images)
         q = self.quantizer(self.encoder(images), step=step)
         recon = self.decoder(q.quantized)
-        if self.config.recon_loss == "mse":
-            recon_loss = F.mse_loss(recon.float(), images.float())
-        else:
-            recon_loss = F.l1_loss(recon.float(), images.float())
+        recon_loss = reconstruction_loss(recon, images, self.config.recon_loss, self.config.chroma_weight)
         return TokenizerOutput(recon, q.codes, recon_loss + q.loss, recon_loss, q.loss, q.stats)
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from trainkit.hub import CheckpointError
@@ -156,3 +157,31 @@ def test_not_a_tokenizer_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"codebook_size": 8, "colour": "red"}))
     with pytest.raises(CheckpointError, match="unknown config key"):
         ImageTokenizer.from_pretrained(tmp_path)
+
+
+def test_chroma_weight_scales_only_the_colour_part_of_the_reconstruction_error():
+    from stage1_tokenizer.model import reconstruction_loss
+
+    torch.manual_seed(0)
+    images, recon = torch.rand(2, 3, 4, 4) * 2 - 1, torch.rand(2, 3, 4, 4) * 2 - 1
+    assert torch.allclose(reconstruction_loss(recon, images, "mse"), F.mse_loss(recon, images))
+    assert torch.allclose(reconstruction_loss(recon, images, "l1"), F.l1_loss(recon, images))
+    assert torch.allclose(reconstruction_loss(recon, images, "mse", chroma_weight=1.0), F.mse_loss(recon, images))
+    grey = images + 0.2                                       # the same error on every channel: luminance only
+    colour = images + torch.tensor([0.2, -0.2, 0.0])[None, :, None, None]   # orthogonal to grey: chroma only
+    assert torch.allclose(reconstruction_loss(grey, images, "mse", 3.0), F.mse_loss(grey, images))
+    # an L1 error is measured along the colour axes once they are weighted: the grey part keeps its weight
+    assert torch.allclose(reconstruction_loss(grey, images, "l1", 3.0), reconstruction_loss(grey, images, "l1", 2.0))
+    assert torch.allclose(reconstruction_loss(colour, images, "mse", 3.0), 3 * F.mse_loss(colour, images))
+
+
+def test_chroma_weight_needs_rgb_and_a_positive_value():
+    with pytest.raises(ValueError, match="chroma_weight must be positive"):
+        ImageTokenizerConfig(chroma_weight=0.0)
+    with pytest.raises(ValueError, match="leave it at 1 for grayscale data"):
+        ImageTokenizer(ImageTokenizerConfig(in_channels=1, chroma_weight=2.0))
+    rgb = ImageTokenizer(ImageTokenizerConfig(in_channels=3, image_size=8, base_channels=8, channel_mult=[1, 2],
+                                              num_downsamples=1, latent_channels=8, codebook_size=16,
+                                              chroma_weight=2.0, vq_kmeans_init=False))
+    out = rgb(torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert out.recon_loss.ndim == 0 and out.recon_loss > 0
