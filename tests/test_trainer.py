@@ -85,23 +85,33 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000040"
 
 
-@pytest.mark.parametrize("cuda, cuda_bf16, amx, expected", [
-    (False, False, True, "bf16"), (False, False, False, "no"), (True, True, False, "bf16"), (True, False, True, "no"),
+@pytest.mark.parametrize("cuda, cuda_bf16, amx, avx512_bf16, expected", [
+    (False, False, True, False, "bf16"), (False, False, False, True, "bf16"), (False, False, False, False, "no"),
+    (True, True, False, False, "bf16"), (True, False, True, False, "no"),
 ])
-def test_auto_mixed_precision_picks_bf16_only_where_it_is_fast(monkeypatch, cuda, cuda_bf16, amx, expected):
+def test_auto_mixed_precision_picks_bf16_only_where_it_is_fast(monkeypatch, cuda, cuda_bf16, amx, avx512_bf16,
+                                                               expected):
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     assert resolve_mixed_precision("auto") == expected
     assert resolve_mixed_precision("fp16") == "fp16" and resolve_mixed_precision(None) is None
     if cuda:  # `accelerate launch --cpu` on a GPU machine decides by the CPU
         monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-        assert resolve_mixed_precision("auto") == ("bf16" if amx else "no")
+        assert resolve_mixed_precision("auto") == ("bf16" if amx or avx512_bf16 else "no")
 
 
 def test_auto_mixed_precision_trains(tmp_path):
-    run_training(Regression(), loop(mixed_precision="auto", max_steps=10), tmp_path)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one precision per process: earlier tests trained in fp32, auto may pick bf16
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        run_training(Regression(), loop(mixed_precision="auto", max_steps=10), tmp_path)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["mixed_precision"] == resolve_mixed_precision("auto")
 

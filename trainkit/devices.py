@@ -23,18 +23,18 @@ def check_world_size(accelerator: Any) -> None:
 
 
 def resolve_mixed_precision(value: str | None) -> str | None:
-    """`"auto"` -> `"bf16"` on a GPU with bf16 or a CPU with AMX matrix units, else `"no"`.
+    """`"auto"` -> `"bf16"` on a GPU with bf16 or a CPU with bf16 matrix instructions
+    (AVX512-BF16 or AMX, see `bf16_computes_fast`), else `"no"`.
 
-    Without AMX a CPU computes bf16 matrix products slower than fp32 ones (the README's
-    benchmarks give the figures), so autocast would slow training down. Any other value is
-    returned unchanged.
+    Without them (AVX2 CPUs) bf16 matrix products are emulated and slower than fp32 ones (the
+    README's benchmarks give the figures), so autocast would slow training down. Any other
+    value is returned unchanged.
     """
     if value != "auto":
         return value
     if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"):
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return "bf16" if amx is not None and amx() else "no"
+    return "bf16" if bf16_computes_fast("cpu") else "no"
 
 
 def bf16_computes_fast(device: str | torch.device = "cpu") -> bool:
