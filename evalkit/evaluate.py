@@ -31,7 +31,6 @@ from .reference import ReferenceStats, reference_stats, select_images
 TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "accuracy", "inception_rfid")
 PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll", "bpd")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
-COLOR_FIGURES = ("chroma_error", "mean_color_error")  # reported with "mse" when the images are RGB
 
 
 def parse_metrics(text: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -141,7 +140,7 @@ def evaluate_tokenizer(
     reconstructions, beside its accuracy on the originals (what the tokenizer leaves of the class:
     a ceiling for a pipeline's class accuracy).
     """
-    from stage1_tokenizer.evaluate import reconstruction_metrics
+    from stage1_tokenizer.evaluate import COLOR_KEYS, reconstruction_metrics
 
     metrics = parse_metrics(metrics, TOKENIZER_METRICS)
     images, labels = select_images(data, split, num_samples, seed)
@@ -156,7 +155,7 @@ def evaluate_tokenizer(
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
     results: dict[str, dict] = {}
-    groups = (("mse", ["mse", *COLOR_FIGURES]), ("psnr", ["psnr"]), ("usage", ["codebook_usage", "perplexity"]))
+    groups = (("mse", ["mse", *COLOR_KEYS]), ("psnr", ["psnr"]), ("usage", ["codebook_usage", "perplexity"]))
     for name, keys in groups:
         if name in metrics:
             for key in keys:
@@ -264,8 +263,9 @@ def evaluate_pipeline(
     if labels is None and "accuracy" in metrics:
         raise ValueError("class accuracy needs a class-conditional pipeline; this one is unconditional "
                          "(drop 'accuracy' from --metrics)")
+    held_out = _tokenizer_data(pipe.tokenizer, dataset) if {"nll", "bpd"} & set(metrics) else None
     if "bpd" in metrics:
-        check_splits(_tokenizer_data(pipe.tokenizer, dataset), nll_split, bpd_fit_split)
+        check_splits(held_out, nll_split, bpd_fit_split)
     options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
                 "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
@@ -287,7 +287,6 @@ def evaluate_pipeline(
             inception_ref = reference_stats(InceptionFID(), data, reference_split, reference_size, cache_dir,
                                             progress=progress)
         results.update(evaluate_images(images, labels, reference, image_metrics, inception_ref, progress=progress))
-    held_out = _tokenizer_data(pipe.tokenizer, dataset) if {"nll", "bpd"} & set(metrics) else None
     if "nll" in metrics:
         results["nll"] = prior_nll(pipe.prior, pipe.tokenizer, held_out, nll_split, token_cache_dir, nll_samples,
                                    progress=progress)

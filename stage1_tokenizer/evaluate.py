@@ -15,7 +15,7 @@ from .quantizers import perplexity
 
 # BT.601 chroma (the Cb and Cr rows of RGB -> YCbCr, without their 0.5 offset) on the [0, 1] scale
 _CHROMA = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-_COLOR_KEYS = ("chroma_error", "mean_color_error")
+COLOR_KEYS = ("chroma_error", "mean_color_error")   # the figures `color_errors` adds for RGB images
 
 
 def color_errors(images: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def _per_image_errors(images: torch.Tensor, recon: torch.Tensor) -> dict[str, to
     mse = ((recon.float() - images.float()) / 2).pow(2).flatten(1).mean(1)
     errors = {"mse": mse, "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10))}
     if images.shape[1] == 3:
-        errors.update(zip(_COLOR_KEYS, color_errors(images, recon)))
+        errors.update(zip(COLOR_KEYS, color_errors(images, recon)))
     return errors
 
 
@@ -77,8 +77,7 @@ def reconstruction_metrics(
         n += per_image["mse"].numel()
         if first is None:
             first = (images[:32].cpu(), recon[:32].float().cpu())
-    metrics = {key: sums.get(key, 0.0) / max(n, 1) for key in ("mse", "psnr")}
-    metrics.update({key: sums[key] / max(n, 1) for key in _COLOR_KEYS if key in sums})
+    metrics = {"mse": 0.0, "psnr": 0.0, **{key: total / n for key, total in sums.items()}}
     metrics.update({
         "codebook_usage": float((hist > 0).float().mean()),
         "perplexity": perplexity(hist),

@@ -32,9 +32,8 @@ def resolve_mixed_precision(value: str | None) -> str | None:
     """
     if value != "auto":
         return value
-    if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if bf16_computes_fast("cpu") else "no"
+    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    return "bf16" if bf16_computes_fast("cuda" if on_gpu else "cpu") else "no"
 
 
 def bf16_computes_fast(device: str | torch.device = "cpu") -> bool:
