@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"vq": "fashion_mnist_vq.yaml", "gumbel": "fashion_mnist_gumbel.yaml", "shapes32_vq": "shapes32_vq.yaml"}
+RECIPES = {"vq": "fashion_mnist_vq.yaml", "vq_long": "fashion_mnist_vq_long.yaml", "gumbel": "fashion_mnist_gumbel.yaml",
+           "shapes32_vq": "shapes32_vq.yaml"}
 TARGETS = {"vq": {"psnr": 25.0, "codebook_usage": 0.95}, "gumbel": {"psnr": 22.0, "codebook_usage": 0.60}}  # Fashion-MNIST
 
 
@@ -49,6 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from evalkit.evaluate import evaluate_tokenizer
     from stage1_tokenizer import ImageTokenizer
+    from trainkit.config import read_recipe
     from trainkit.data import DataConfig
 
     from machine import machine_kind  # this folder
@@ -75,7 +75,7 @@ def main() -> None:
     report["parameters"] = sum(p.numel() for p in tokenizer.parameters())
     report["grid"] = list(tokenizer.grid_size)
     report["codebook_size"] = tokenizer.codebook_size
-    dataset = args.dataset or yaml.safe_load(recipe.read_text())["data"]["dataset"]
+    dataset = args.dataset or read_recipe(recipe)["data"]["dataset"]
     report["dataset"] = dataset
     data = DataConfig(dataset=dataset, channels=tokenizer.config.in_channels)
     # one reconstruction pass gives every figure; the class accuracy needs the classifier's input size

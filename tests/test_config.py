@@ -58,6 +58,45 @@ def test_unknown_key_in_yaml(tmp_path):
         load_config(TokenizerTrainConfig, path)
 
 
+def test_a_recipe_extends_its_base_and_overrides_only_what_it_names(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("model:\n  codebook_size: 64\n  base_channels: 16\ntrain:\n  lr: 0.01\n")
+    (tmp_path / "sub" / "middle.yaml").write_text("base: ../root.yaml\ntrain:\n  max_steps: 30\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: middle.yaml\nmodel:\n  codebook_size: 32\n")
+    cfg = load_config(TokenizerTrainConfig, tmp_path / "sub" / "leaf.yaml", ["train.lr=0.5"])
+    assert (cfg.model.codebook_size, cfg.model.base_channels) == (32, 16)
+    assert (cfg.train.max_steps, cfg.train.lr) == (30, 0.5)
+
+
+def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml' not found \(the base of .*a.yaml'\)"):
+        load_config(TokenizerTrainConfig, tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(TokenizerTrainConfig, tmp_path / "b.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="must be the path of another recipe"):
+        load_config(TokenizerTrainConfig, tmp_path / "d.yaml")
+
+
+def test_the_long_recipes_are_the_main_recipes_with_more_steps():
+    from stage2_prior.train import PriorTrainConfig
+    from trainkit.config import to_dict
+
+    for cls, main, long, steps in [
+        (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000),
+        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000),
+    ]:
+        short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
+        assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
+        for cfg in (short_cfg, long_cfg):
+            del cfg["train"]["max_steps"], cfg["output_dir"]
+            cfg.pop("tokenizer", None)
+        assert long_cfg == short_cfg
+
+
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
 

@@ -386,3 +386,17 @@ def test_stage_budgets_are_steps_with_an_optional_wall_clock_cap(tmp_path):
     assert recipe.train.max_minutes is None and recipe.train.max_steps > 0   # the recipe's budget is its steps
     with pytest.raises(SystemExit):
         parse_args(["--prior-steps", "0"])
+
+
+def test_the_long_recipe_pair_and_its_default_output_dir():
+    from commands.main_job import parse_args
+
+    args = parse_args(["--recipe", "long"])
+    assert args.tokenizer_config.name == "fashion_mnist_vq_long.yaml" and args.tokenizer_config.is_file()
+    assert args.prior_config.name == "fashion_mnist_long.yaml" and args.output_dir == "runs/long"
+    main = parse_args([])
+    assert (main.tokenizer_config.name, main.prior_config.name, main.output_dir) == \
+        ("fashion_mnist_vq.yaml", "fashion_mnist.yaml", "runs/main")
+    mixed = parse_args(["--recipe", "long", "--prior-config", str(main.prior_config), "--output-dir", "elsewhere"])
+    assert (mixed.tokenizer_config, mixed.prior_config, mixed.output_dir) == \
+        (args.tokenizer_config, main.prior_config, "elsewhere")

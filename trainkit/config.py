@@ -143,17 +143,35 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+BASE_KEY = "base"   # a recipe's key naming the recipe it extends, relative to its own file
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML recipe as a dict. A recipe with `base: other.yaml` is that recipe (path relative
+    to this file, itself possibly extending another) with this file's keys merged over it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found"
+                          + (f" (the {BASE_KEY} of {str(_seen[-1])!r})" if _seen else ""))
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"recipe {str(path)!r} extends itself through `{BASE_KEY}`: {chain}")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    data = dict(loaded or {})
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `{BASE_KEY}` must be the path of another recipe, got {base!r}")
+    return deep_merge(read_recipe(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Read a YAML recipe (optional), apply `key=value` overrides, return a typed `cls`."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-        data = loaded or {}
+    """Read a YAML recipe (optional; see `read_recipe` for `base:`), apply `key=value`
+    overrides, return a typed `cls`."""
+    data = read_recipe(path) if path is not None else {}
     data = deep_merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data)
 
