@@ -21,8 +21,9 @@ A stage is reused only when its configuration, resolved here as the training com
 resolve it, matches the `run_config.json` of its earlier run (and, for the prior, when the
 tokenizer's weights are the ones it was trained on): a complete stage is skipped, an
 interrupted one resumes from its last checkpoint (`resume=latest`). When they differ the job
-stops and names the changed keys; `--retrain-changed` moves the stale stage and every stage
-above it into `replaced/` and trains again. The pipeline, the class grid and the evaluation
+stops and names the changed keys (the prior recipe's `sampling:` defaults are not compared:
+they are applied when the pipeline is assembled); `--retrain-changed` moves the stale stage
+and every stage above it into `replaced/` and trains again. The pipeline, the class grid and the evaluation
 are redone when the components or the settings they were made from changed (records beside
 them: `pipeline_inputs.json`, `class_grid.json`, `evaluation_settings.json`).
 `--tokenizer-override` / `--prior-override` take `key=value` overrides of the recipes
@@ -41,7 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,6 +65,9 @@ RESERVED_KEYS = ("output_dir", "tokenizer", "token_cache_dir")   # set by the jo
 PIPELINE_CONTENT = ("pipeline.json", "tokenizer", "prior")
 
 
+# The prior recipe's sampling defaults do not change its weights: they are applied when the
+# pipeline is assembled, so a change re-assembles the pipeline instead of retraining the prior.
+PRIOR_ASSEMBLY_KEYS = ("sampling",)
 # Set by the tokenizer's training task from the data (`data.*` is compared instead).
 TOKENIZER_DERIVED_KEYS = ("model.in_channels", "model.image_size")
 TOKENIZER_WEIGHTS_KEY = "tokenizer weights (sha256)"
@@ -311,11 +315,12 @@ def _budget(steps: int | None, minutes: float | None) -> list[str]:
         ([f"train.max_minutes={minutes}"] if minutes is not None else [])
 
 
-def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict[str, str]:
-    """Train (or reuse, or resume) the tokenizer, then the prior on its codes; returns the sha256
-    of each stage's final weights."""
+def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict:
+    """Train (or reuse, or resume) the tokenizer, then the prior on its codes; returns what the
+    pipeline is assembled from: the sha256 of each stage's final weights and the prior recipe's
+    `sampling:` defaults."""
     from stage1_tokenizer.train import TokenizerTrainConfig
-    from stage2_prior.train import PriorTrainConfig
+    from stage2_prior.train import PriorTrainConfig, SamplingDefaults
 
     tokenizer_overrides, prior_overrides = stage_overrides(args, paths)
     tokenizer_run, prior_run = paths.tokenizer_run, paths.prior_run
@@ -328,19 +333,24 @@ def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict[str, str]:
     config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
     tokenizer_weights = reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")
     inputs = {TOKENIZER_WEIGHTS_KEY: tokenizer_weights}
-    check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS), paths.out,
-                args.retrain_changed, paths.derived())
+    check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS, *PRIOR_ASSEMBLY_KEYS),
+                paths.out, args.retrain_changed, paths.derived())
     prior_run.mkdir(parents=True, exist_ok=True)
     reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
     run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
-    return {"tokenizer": tokenizer_weights, "prior": reuse.file_sha256(prior_run / "final" / "model.safetensors")}
+    sampling = SamplingDefaults(**config["sampling"]).options(config["conditional"],
+                                                              config["model"]["class_dropout_prob"] > 0)
+    return {"tokenizer": tokenizer_weights, "prior": reuse.file_sha256(prior_run / "final" / "model.safetensors"),
+            "sampling": asdict(sampling)}
 
 
-def assemble(paths: JobPaths, components: dict[str, str]):
-    """The pipeline directory, rebuilt when a component (`{name: weights sha256}`) changed; returns
-    the pipeline when it was (re)built (else None) and the fingerprint of what its samples depend on."""
+def assemble(paths: JobPaths, components: dict):
+    """The pipeline directory with the prior recipe's sampling defaults, rebuilt when a component
+    (`{name: weights sha256}`) or those defaults changed; returns the pipeline when it was
+    (re)built (else None) and the fingerprint of what its samples depend on."""
     from pipelines.card import EVAL_REPORT_NAME
     from pipelines.pipeline import MANIFEST_NAME, Pipeline
+    from stage2_prior import SamplingOptions
 
     pipe = None
     if (paths.pipeline_dir / MANIFEST_NAME).is_file() and reuse.settings_match(paths.pipeline_record, components):
@@ -348,6 +358,9 @@ def assemble(paths: JobPaths, components: dict[str, str]):
     else:
         (paths.pipeline_dir / EVAL_REPORT_NAME).unlink(missing_ok=True)    # it described the previous components
         pipe = Pipeline.from_components(paths.tokenizer_run / "final", paths.prior_run / "final")
+        options = SamplingOptions(**components["sampling"])
+        pipe.sampling_defaults = replace(options, guidance_scale=1.0 if options.guidance_scale is None
+                                         else options.guidance_scale)
         pipe.save_pretrained(paths.pipeline_dir)
         reuse.write_json(paths.pipeline_record, components)
         print(f"[main] pipeline: saved to {paths.pipeline_dir}", flush=True)

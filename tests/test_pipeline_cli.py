@@ -196,6 +196,26 @@ def test_retrain_changed_replaces_the_stale_stage_and_everything_above(main_run,
     assert again.stdout.count("is complete, skipping") == 2 and again.stdout.count("is up to date, skipping") == 2
 
 
+def test_new_sampling_defaults_reassemble_the_pipeline_without_retraining(main_run, digits_parquet, tmp_path,
+                                                                          capsys):
+    from commands import main_job
+
+    out = copy_run(main_run, tmp_path)
+    weights = (out / "prior" / "final" / "model.safetensors").read_bytes()
+    changed = [*job_args(out, digits_parquet, prior=("sampling.temperature=0.7", "sampling.top_k=5")),
+               "--eval-samples", "0"]
+    main_job.main(changed)
+    printed = capsys.readouterr().out
+    assert printed.count("is complete, skipping") == 2 and "-m stage2_prior.train" not in printed
+    assert f"pipeline: saved to {out / 'pipeline'}" in printed and "class grid: " + str(out) in printed
+    assert (out / "prior" / "final" / "model.safetensors").read_bytes() == weights
+    stored = Pipeline.from_pretrained(out / "pipeline").sampling_defaults
+    assert (stored.temperature, stored.top_k) == (0.7, 5)
+    assert json.loads((out / "pipeline_inputs.json").read_text())["sampling"]["temperature"] == 0.7
+    main_job.main(changed)
+    assert f"pipeline: {out / 'pipeline'} is up to date" in capsys.readouterr().out
+
+
 def test_a_new_seed_redraws_the_class_grid_only(main_run, digits_parquet, tmp_path, capsys):
     from commands import main_job
 
