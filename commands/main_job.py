@@ -42,7 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -358,9 +358,7 @@ def assemble(paths: JobPaths, components: dict):
     else:
         (paths.pipeline_dir / EVAL_REPORT_NAME).unlink(missing_ok=True)    # it described the previous components
         pipe = Pipeline.from_components(paths.tokenizer_run / "final", paths.prior_run / "final")
-        options = SamplingOptions(**components["sampling"])
-        pipe.sampling_defaults = replace(options, guidance_scale=1.0 if options.guidance_scale is None
-                                         else options.guidance_scale)
+        pipe.sampling_defaults = SamplingOptions(**components["sampling"])
         pipe.save_pretrained(paths.pipeline_dir)
         reuse.write_json(paths.pipeline_record, components)
         print(f"[main] pipeline: saved to {paths.pipeline_dir}", flush=True)

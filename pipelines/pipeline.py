@@ -107,13 +107,8 @@ class Pipeline:
         self.tokenizer = tokenizer.eval()
         self.prior = prior.eval()
         stored = prior.sampling_defaults
-        if default_guidance_scale is None:
-            default_guidance_scale = stored.guidance_scale
-        if default_guidance_scale is None:
-            default_guidance_scale = 2.0 if prior.layout.conditional else 1.0
-        if not prior.layout.conditional and default_guidance_scale != 1.0:
-            raise ValueError("an unconditional prior takes no guidance: default_guidance_scale must be 1.0")
-        self.sampling_defaults = replace(stored, guidance_scale=float(default_guidance_scale))
+        self.sampling_defaults = stored if default_guidance_scale is None else \
+            replace(stored, guidance_scale=default_guidance_scale)
         self.datasets = list(datasets or [])
         self.eval_report = eval_report
 
@@ -122,6 +117,21 @@ class Pipeline:
     @property
     def layout(self) -> TokenLayout:
         return self.prior.layout
+
+    @property
+    def sampling_defaults(self) -> SamplingOptions:
+        return self._sampling_defaults
+
+    @sampling_defaults.setter
+    def sampling_defaults(self, defaults: SamplingOptions) -> None:
+        """Set the defaults; a guidance scale of None becomes 2.0 for a class-conditional prior and
+        1.0 for an unconditional one, which takes no other."""
+        guidance = defaults.guidance_scale
+        if guidance is None:
+            guidance = 2.0 if self.conditional else 1.0
+        if not self.conditional and guidance != 1.0:
+            raise ValueError("an unconditional prior takes no guidance: the default guidance scale must be 1.0")
+        self._sampling_defaults = replace(defaults, guidance_scale=float(guidance))
 
     @property
     def default_guidance_scale(self) -> float:

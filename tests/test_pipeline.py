@@ -166,6 +166,18 @@ def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
     assert "temperature 0.6, top-k 12." in loaded.grid_caption(8, seed=0)
 
 
+def test_assigned_sampling_defaults_follow_the_guidance_rule():
+    pipe = Pipeline(make_tokenizer(), make_prior())
+    pipe.sampling_defaults = SamplingOptions(temperature=0.8)          # no guidance given: the conditional default
+    assert pipe.sampling_defaults == SamplingOptions(guidance_scale=2.0, temperature=0.8)
+    plain = Pipeline(make_tokenizer(), make_prior(num_classes=0))
+    plain.sampling_defaults = SamplingOptions(top_k=4)
+    assert plain.default_guidance_scale == 1.0
+    with pytest.raises(ValueError, match="unconditional prior takes no guidance"):
+        plain.sampling_defaults = SamplingOptions(guidance_scale=1.5)
+    assert plain.sampling_defaults == SamplingOptions(guidance_scale=1.0, top_k=4)     # unchanged by the bad one
+
+
 def test_generate_command_uses_the_stored_defaults_unless_told(tmp_path):
     from commands.pipeline_cli import generate_main
 
