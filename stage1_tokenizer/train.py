@@ -41,6 +41,13 @@ class TokenizerTrainConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)   # off unless weight > 0
     preview_images: int = 32
 
+    def __post_init__(self):
+        gan = self.adversarial
+        if gan.enabled and gan.start_step >= self.train.max_steps:
+            raise ValueError(f"adversarial.start_step={gan.start_step} is not before train.max_steps="
+                             f"{self.train.max_steps}, so the discriminator would never train: lower "
+                             "adversarial.start_step, or set adversarial.weight=0 to train without it")
+
 
 class TokenizerTask(TrainTask):
     def __init__(self, cfg: TokenizerTrainConfig):

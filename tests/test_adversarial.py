@@ -228,6 +228,17 @@ def test_bad_settings_are_clear_errors(field, value, message):
         AdversarialConfig(**{field: value})
 
 
+def test_a_discriminator_that_would_never_train_is_a_clear_error():
+    from stage1_tokenizer.train import TokenizerTrainConfig
+    from trainkit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="adversarial.start_step=100 is not before train.max_steps=100"):
+        load_config(TokenizerTrainConfig, None, ["adversarial.weight=0.5", "adversarial.start_step=100",
+                                                 "train.max_steps=100"])
+    off = load_config(TokenizerTrainConfig, None, ["adversarial.start_step=100", "train.max_steps=100"])
+    assert not off.adversarial.enabled          # without a discriminator the start step does not matter
+
+
 def test_bad_settings_on_the_command_line(digits_parquet, tmp_path):
     result = run_module(train_args(digits_parquet, tmp_path / "x", "adversarial.loss=wasserstein"), check=False)
     assert result.returncode != 0 and "adversarial.loss" in result.stderr and "Traceback" not in result.stderr

@@ -85,16 +85,25 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
-    for cls, main, long, steps in [
-        (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000),
-        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000),
+    for cls, main, long, steps, own in [
+        (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000,
+         "adversarial"),
+        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, "sampling"),
     ]:
         short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
         assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
+        assert long_cfg[own] != short_cfg[own]      # the long tokenizer's discriminator, the long prior's sampling
         for cfg in (short_cfg, long_cfg):
-            del cfg["train"]["max_steps"], cfg["output_dir"]
-            cfg.pop("tokenizer", None), cfg.pop("sampling", None)    # the long prior has its own sampling defaults
+            del cfg["train"]["max_steps"], cfg["output_dir"], cfg[own]
+            cfg.pop("tokenizer", None)
         assert long_cfg == short_cfg
+
+
+def test_the_long_tokenizer_starts_its_discriminator_within_its_steps():
+    cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
+    gan = cfg.adversarial
+    assert gan.enabled and gan.start_step + gan.ramp_steps < cfg.train.max_steps
+    assert load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq.yaml").adversarial.weight == 0
 
 
 def test_parse_overrides_nests():
