@@ -262,7 +262,8 @@ class InceptionFID(FeatureNetwork):
     def forward_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         x = _resize(_to_channels(images.to(self.device), 3), self.input_size)
         x = (x * 255 - 128) / 128
-        return self.model(x), None
+        # channels-last input runs the convolutions faster (same features to float rounding)
+        return self.model(x.contiguous(memory_format=torch.channels_last)), None
 
 
 # ----------------------------------------------------------------------------- registry

@@ -212,6 +212,13 @@ def test_inception_gives_2048_d_features(fashion_test):
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()
     assert not torch.allclose(feats[0], feats[1])
     assert network.fingerprint.startswith("inception_v3_fid@a16e4d89")
+    # it runs the network on channels-last input, which gives the features of the contiguous input
+    model, seen = network.model, []
+    network.model = lambda x: seen.append(x) or model(x)
+    network.features(fashion_test[0][:2])
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(seen[0].contiguous()), feats, atol=1e-4, rtol=1e-4)
 
 
 def test_registry_and_module_attribute_specs(monkeypatch):
