@@ -12,7 +12,8 @@ from trainkit import checkpoint as ckpt
 from trainkit.hub import save_state_dict
 from trainkit.devices import resolve_mixed_precision
 from trainkit.trainer import (
-    Part, TrainConfig, Trainer, TrainingDiverged, TrainTask, expected_total_steps, lr_factor, run_training,
+    Part, RunningMeans, TrainConfig, Trainer, TrainingDiverged, TrainTask, expected_total_steps, lr_factor,
+    run_training,
 )
 
 
@@ -334,3 +335,11 @@ def test_two_processes_train_both_parts_in_step(tmp_path):
     assert not torch.equal(ranks[0]["critic.weight"], initial_critic)   # the critic trained too
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train/loss"] < rows[0]["train/loss"] and "train/critic_loss" in rows[-1]
+
+
+def test_running_means_average_each_scalar_over_the_micro_batches_that_logged_it():
+    means = RunningMeans()
+    means.add({"loss": 1.0})
+    means.add({"loss": torch.tensor(3.0), "critic_loss": torch.tensor(5.0)})   # a part that starts late
+    assert means.pop() == {"loss": 2.0, "critic_loss": 5.0}
+    assert means.pop() == {}

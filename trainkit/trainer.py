@@ -213,11 +213,13 @@ class MetricsWriter:
 
 
 class RunningMeans:
-    """Sums of logged scalars over the micro-batches since the last log, kept on the device."""
+    """Sums of logged scalars over the micro-batches since the last log, kept on the device.
+    Each scalar is averaged over the micro-batches that logged it (a part that starts late
+    logs from its start on)."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor | float] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, torch.Tensor | float]) -> None:
         for key, value in values.items():
@@ -226,12 +228,12 @@ class RunningMeans:
             else:
                 value = float(value)
             self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def pop(self) -> dict[str, float]:
         """The means as Python numbers (the one place that waits for the device), and a reset."""
-        means = {key: float(value) / max(self.count, 1) for key, value in self.sums.items()}
-        self.sums, self.count = {}, 0
+        means = {key: float(value) / self.counts[key] for key, value in self.sums.items()}
+        self.sums, self.counts = {}, {}
         return means
 
 
