@@ -82,29 +82,27 @@ class TokenizerTask(TrainTask):
         logs = {"recon_loss": out.recon_loss.detach(), "quantizer_loss": out.quantizer_loss.detach(), **out.stats}
         if discriminator is None:
             return out.loss, logs
+        if step < self.config.adversarial.start_step:   # the trainer does not step it yet: do not run it
+            logs["gen_weight"] = torch.zeros((), device=images.device)
+            return out.loss, logs
         model_loss, disc_loss = self._adversarial_losses(model, discriminator, images, out, step, logs)
         return {"model": model_loss, "discriminator": disc_loss}, logs
 
     def _adversarial_losses(self, model, discriminator, images, out, step, logs):
-        """The model's loss (plus the weighted generator term) and the discriminator's loss, in float32.
+        """From the start step on: the model's loss (plus the weighted generator term) and the
+        discriminator's loss, in float32.
 
         The (wrapped) discriminator scores the detached reconstructions and the real images in
-        one call; before its start step without a graph, since the trainer does not step it yet.
-        The generator term reads the unwrapped discriminator, so its gradient reaches the
-        decoder only; it is skipped while its ramped weight is 0.
+        one call. The generator term reads the unwrapped discriminator, so its gradient reaches
+        the decoder only; it is skipped while its ramped weight is 0.
         """
         cfg = self.config.adversarial
         critic = extract_model_from_parallel(discriminator)
-        training_critic = step >= cfg.start_step
-        with torch.set_grad_enabled(training_critic and torch.is_grad_enabled()):
-            logits = discriminator(torch.cat([out.reconstruction.detach(), images])).float()
+        logits = discriminator(torch.cat([out.reconstruction.detach(), images])).float()
         fake, real = logits.chunk(2)
         disc_loss = adv.discriminator_loss(real, fake, cfg.loss)
         if cfg.lecam_weight > 0:
-            if training_critic:
-                ema_real, ema_fake = critic.lecam.update(real, fake)
-            else:
-                ema_real, ema_fake = critic.lecam.real.clone(), critic.lecam.fake.clone()
+            ema_real, ema_fake = critic.lecam.update(real, fake)
             lecam = adv.lecam_penalty(real, fake, ema_real, ema_fake)
             disc_loss = disc_loss + cfg.lecam_weight * lecam
             logs["lecam_penalty"] = lecam.detach()
