@@ -26,6 +26,11 @@ class ImageTokenizerConfig:
     # "wide": each code sees most of the image; "local": only its own patch plus a small margin
     # (see `networks.Encoder`), so blank patches always get the same code and the prior has less to guess.
     encoder_context: Literal["wide", "local"] = "wide"
+    # Where the decoder narrows from one level's width to the next (higher-resolution) one's:
+    # "block": in the next level's first residual block, the conv after each 2x upsampling keeping
+    # the lower level's width (as in taming-transformers); "upsample": in that conv itself, so every
+    # conv at the higher resolution runs at the narrower width (fewer FLOPs per step).
+    decoder_narrowing: Literal["block", "upsample"] = "block"
     quantizer: Literal["vq", "gumbel"] = "vq"
     codebook_size: int = 512
     recon_loss: Literal["mse", "l1"] = "mse"
@@ -57,6 +62,8 @@ class ImageTokenizerConfig:
     def __post_init__(self):
         if self.encoder_context not in ("wide", "local"):
             raise ValueError(f"encoder_context must be 'wide' or 'local', got {self.encoder_context!r}")
+        if self.decoder_narrowing not in ("block", "upsample"):
+            raise ValueError(f"decoder_narrowing must be 'block' or 'upsample', got {self.decoder_narrowing!r}")
         if self.quantizer not in ("vq", "gumbel"):
             raise ValueError(f"quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
         if len(self.channel_mult) != self.num_downsamples + 1:

@@ -80,12 +80,16 @@ class Decoder(nn.Module):
         chans = [config.base_channels * m for m in config.channel_mult][::-1]
         layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, chans[0], 3, padding=1),
                                    ResBlock(chans[0], chans[0], config.norm)]
+        narrow_in_upsample = config.decoder_narrowing == "upsample"
+        width = chans[0]   # of the features entering each level
         for level, ch in enumerate(chans):
-            prev = chans[max(level - 1, 0)]
-            for i in range(config.num_res_blocks):
-                layers.append(ResBlock(prev if i == 0 else ch, ch, config.norm))
+            for _ in range(config.num_res_blocks):
+                layers.append(ResBlock(width, ch, config.norm))
+                width = ch
             if level < config.num_downsamples:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+                out = chans[level + 1] if narrow_in_upsample else ch
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1)]
+                width = out
         layers += [_norm(chans[-1], config.norm), nn.SiLU(), nn.Conv2d(chans[-1], config.in_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 

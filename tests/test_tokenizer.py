@@ -70,6 +70,30 @@ def test_encoder_context_is_validated():
         ImageTokenizerConfig(encoder_context="global")
 
 
+def test_decoder_narrowing_moves_the_width_change_into_the_upsampling_conv():
+    """"upsample" narrows in the conv after each upsampling, so the higher resolutions run narrower."""
+    from stage1_tokenizer.networks import Decoder
+
+    def widths_at(narrowing):
+        cfg = ImageTokenizerConfig(in_channels=1, image_size=28, base_channels=8, channel_mult=[1, 2, 4],
+                                   num_downsamples=2, latent_channels=8, decoder_narrowing=narrowing)
+        decoder = Decoder(cfg)
+        seen = []
+        for m in decoder.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+                m.register_forward_hook(lambda m, i, o: seen.append((o.shape[1], o.shape[-1])))
+        out = decoder(torch.randn(2, 8, 7, 7))
+        assert out.shape == (2, 1, 28, 28)
+        return seen
+
+    block, upsample = widths_at("block"), widths_at("upsample")
+    # widest output of a 3x3 conv at each resolution: block keeps the lower level's width after upsampling
+    assert [max(w for w, s in block if s == side) for side in (7, 14, 28)] == [32, 32, 16]
+    assert [max(w for w, s in upsample if s == side) for side in (7, 14, 28)] == [32, 16, 8]
+    with pytest.raises(ValueError, match="decoder_narrowing"):
+        ImageTokenizerConfig(decoder_narrowing="conv")
+
+
 def test_rgb_and_grid():
     model = tiny(in_channels=3, image_size=16)
     assert model.grid_size == (8, 8)
