@@ -82,19 +82,23 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 
 def test_the_long_recipes_are_the_main_recipes_with_more_steps():
+    """The long tokenizer adds a discriminator; the long prior keeps the larger model its figures were
+    measured with and its own sampling defaults; everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
     for cls, main, long, steps, own in [
         (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000,
-         "adversarial"),
-        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, "sampling"),
+         ["adversarial"]),
+        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, ["model", "sampling"]),
     ]:
         short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
         assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
-        assert long_cfg[own] != short_cfg[own]      # the long tokenizer's discriminator, the long prior's sampling
+        assert long_cfg[own[0]] != short_cfg[own[0]]      # the long tokenizer's discriminator, the long prior's size
         for cfg in (short_cfg, long_cfg):
-            del cfg["train"]["max_steps"], cfg["output_dir"], cfg[own]
+            del cfg["train"]["max_steps"], cfg["output_dir"]
+            for key in own:
+                del cfg[key]
             cfg.pop("tokenizer", None)
         assert long_cfg == short_cfg
 

@@ -8,6 +8,8 @@ import torch
 
 from conftest import TINY_PRIOR, free_port, run_module
 from stage2_prior import ImagePrior
+from stage2_prior.train import PriorTrainConfig
+from trainkit.config import load_config
 
 
 def prior_args(data: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
@@ -31,7 +33,8 @@ def test_short_conditional_run_nll_falls(digits_parquet, tiny_tokenizer_dir, tmp
     assert (out / "samples" / "step-0000060.png").is_file()
     prior = ImagePrior.from_pretrained(out / "final")
     assert prior.layout.num_classes == 10 and prior.layout.grid == (4, 4) and prior.layout.codebook_size == 32
-    assert prior.sampling_defaults.guidance_scale == 2.0     # the previews' guidance, saved with the model
+    recipe = load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml")
+    assert prior.sampling_defaults.guidance_scale == recipe.sampling.guidance_scale != 1.0   # saved with the model
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(out / "final")
@@ -74,8 +77,7 @@ def test_bad_prior_settings(digits_parquet, tiny_tokenizer_dir, tmp_path):
 
 def test_initial_weights_do_not_depend_on_whether_the_token_cache_was_built(digits_parquet, tiny_tokenizer_dir,
                                                                             tmp_path):
-    from stage2_prior.train import PriorTask, PriorTrainConfig
-    from trainkit.config import load_config
+    from stage2_prior.train import PriorTask
 
     cfg = load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml",
                       [f"data.dataset={digits_parquet}", f"tokenizer={tiny_tokenizer_dir}",
