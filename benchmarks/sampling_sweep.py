@@ -37,7 +37,7 @@ from evalkit.evaluate import evaluate_pipeline  # noqa: E402
 from machine import machine_kind  # noqa: E402  (this folder)
 from stage2_prior import SamplingOptions  # noqa: E402
 
-GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+GUIDANCE = (1.0, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 TEMPERATURE = (0.85, 0.92, 1.0, 1.08)
 FILTERS = ({"top_k": 0, "top_p": 1.0}, {"top_k": 100}, {"top_k": 300}, {"top_p": 0.95})
 
