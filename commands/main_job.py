@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the tokenizer and the prior, assemble the pipeline, draw a class grid and report "
                     "metrics. Defaults are the full Fashion-MNIST recipe (its step budgets: the same model on any machine).")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="main",
-                        help="the recipe pair: main (the default, 1,000 + 2,150 steps) or long (4,000 + 3,000 "
+                        help="the recipe pair: main (the default, 1,000 + 2,000 steps) or long (4,000 + 3,000 "
                              "steps, about 4x the time)")
     parser.add_argument("--output-dir", default=None, help="where every stage writes (default runs/<recipe>)")
     parser.add_argument("--data", default=None,
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior-config", type=Path, default=None,
                         help="the prior's recipe file (default: the --recipe pair's)")
     parser.add_argument("--tokenizer-steps", type=int, default=None,
-                        help="optimizer steps of the tokenizer (default: the recipe's train.max_steps)")
+                        help="optimizer steps of the tokenizer (default: the recipe's train.max_steps); the "
+                             "recipe's discriminator then starts and ramps at the same fractions of them")
     parser.add_argument("--prior-steps", type=int, default=None,
                         help="optimizer steps of the prior (default: the recipe's train.max_steps)")
     parser.add_argument("--tokenizer-minutes", type=float, default=None,
@@ -303,10 +304,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def stage_overrides(args: argparse.Namespace, paths: JobPaths) -> tuple[list[str], list[str]]:
     """The `key=value` overrides of the tokenizer's and the prior's recipes."""
     common = [f"data.dataset={args.data}"] if args.data else []
-    tokenizer = [*common, *_budget(args.tokenizer_steps, args.tokenizer_minutes), *args.tokenizer_override]
+    tokenizer = [*common, *_budget(args.tokenizer_steps, args.tokenizer_minutes),
+                 *_scaled_discriminator(args.tokenizer_config, args.tokenizer_steps), *args.tokenizer_override]
     prior = [f"tokenizer={paths.tokenizer_run / 'final'}", f"token_cache_dir={paths.out / 'token_cache'}", *common,
              *_budget(args.prior_steps, args.prior_minutes), *args.prior_override]
     return tokenizer, prior
+
+
+def _scaled_discriminator(recipe: Path, steps: int | None) -> list[str]:
+    """With another step budget than the recipe's, its discriminator's start and ramp at the same
+    fractions of the budget (as the long recipe's are 4x the main one's)."""
+    from stage1_tokenizer.train import TokenizerTrainConfig
+
+    if steps is None:
+        return []
+    cfg = load_config(TokenizerTrainConfig, recipe)
+    if not cfg.adversarial.enabled:
+        return []
+    scale = steps / cfg.train.max_steps
+    return [f"adversarial.start_step={round(cfg.adversarial.start_step * scale)}",
+            f"adversarial.ramp_steps={round(cfg.adversarial.ramp_steps * scale)}"]
 
 
 def _budget(steps: int | None, minutes: float | None) -> list[str]:

@@ -24,7 +24,7 @@ TINY_TOKENIZER = [
     "model.codebook_size=32", "model.vq_restart_every=10", "train.batch_size=32", "train.warmup_steps=5",
     "train.lr=3e-3", "train.log_every=5", "train.eval_every=20", "train.checkpoint_every=20",
     "train.progress_bar=false", "train.max_minutes=null", "train.mixed_precision=no", "train.num_threads=1",
-    "data.val_split=auto",
+    "data.val_split=auto", "adversarial.weight=0",   # the recipe's discriminator: tests/test_adversarial.py
 ]
 
 

@@ -129,8 +129,8 @@ def build_task(data: Path, *overrides: str) -> TokenizerTask:
     return TokenizerTask(cfg)
 
 
-def test_off_by_default(digits_parquet):
-    task = build_task(digits_parquet)
+def test_off_at_weight_zero(digits_parquet):
+    task = build_task(digits_parquet, "adversarial.weight=0")
     assert task.extra_parts() == [] and task.discriminator is None
     images, labels = next(iter(DataLoader(task.train_dataset, batch_size=8)))
     loss, logs = task.training_step(task.model, (images, labels), 0)

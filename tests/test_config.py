@@ -82,8 +82,8 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 
 def test_the_long_recipes_are_the_main_recipes_with_more_steps():
-    """The long tokenizer adds a discriminator; the long prior keeps the larger model its figures were
-    measured with and its own sampling defaults; everything else is the main recipes'."""
+    """The long tokenizer starts its discriminator later; the long prior keeps the larger model its
+    figures were measured with and its own sampling defaults; everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
@@ -94,7 +94,7 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
     ]:
         short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
         assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
-        assert long_cfg[own[0]] != short_cfg[own[0]]      # the long tokenizer's discriminator, the long prior's size
+        assert long_cfg[own[0]] != short_cfg[own[0]]      # the discriminator's schedule, the prior's size
         for cfg in (short_cfg, long_cfg):
             del cfg["train"]["max_steps"], cfg["output_dir"]
             for key in own:
@@ -103,11 +103,14 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
         assert long_cfg == short_cfg
 
 
-def test_the_long_tokenizer_starts_its_discriminator_within_its_steps():
-    cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
-    gan = cfg.adversarial
-    assert gan.enabled and gan.start_step + gan.ramp_steps < cfg.train.max_steps
-    assert load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq.yaml").adversarial.weight == 0
+def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():
+    main, long = (load_config(TokenizerTrainConfig, CONFIGS / f"tokenizer/{name}.yaml")
+                  for name in ("fashion_mnist_vq", "fashion_mnist_vq_long"))
+    for cfg in (main, long):
+        assert cfg.adversarial.enabled and cfg.adversarial.start_step + cfg.adversarial.ramp_steps < cfg.train.max_steps
+    scale = long.train.max_steps // main.train.max_steps
+    assert (long.adversarial.start_step, long.adversarial.ramp_steps) == \
+        (scale * main.adversarial.start_step, scale * main.adversarial.ramp_steps)
 
 
 def test_parse_overrides_nests():

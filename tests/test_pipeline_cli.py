@@ -261,8 +261,8 @@ def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch
         main_job.run_stage("tokenizer", "stage1_tokenizer.train", recipe, run, overrides, "")
     assert "resume=latest" in calls[0] and "tokenizer: resuming from" in capsys.readouterr().out
     with pytest.raises(main_job.StageChanged) as info:
-        check("train.lr=0.001", "train.max_steps=7")
-    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 1000 -> 7" in str(info.value)
+        check("train.lr=0.001", "train.max_steps=700")
+    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 1000 -> 700" in str(info.value)
     assert "model.image_size" not in str(info.value) and "--retrain-changed" in str(info.value)
     check("train.lr=0.001", replace=True)                                 # moved aside: a fresh start
     assert not run.exists() and list((out / "replaced").glob("*/tokenizer/checkpoints/latest"))
@@ -406,6 +406,20 @@ def test_stage_budgets_are_steps_with_an_optional_wall_clock_cap(tmp_path):
     assert recipe.train.max_minutes is None and recipe.train.max_steps > 0   # the recipe's budget is its steps
     with pytest.raises(SystemExit):
         parse_args(["--prior-steps", "0"])
+
+
+def test_another_tokenizer_budget_scales_the_discriminator_schedule(tmp_path):
+    from commands.main_job import JobPaths, parse_args, stage_overrides
+
+    paths = JobPaths.under(tmp_path)
+    tokenizer, _ = stage_overrides(parse_args(["--tokenizer-steps", "300"]), paths)
+    assert tokenizer[-2:] == ["adversarial.start_step=120", "adversarial.ramp_steps=60"]   # 400 / 200 of 1,000
+    tokenizer, _ = stage_overrides(parse_args(["--recipe", "long", "--tokenizer-steps", "1000"]), paths)
+    assert tokenizer[-2:] == ["adversarial.start_step=400", "adversarial.ramp_steps=200"]  # the main recipe's
+    tokenizer, _ = stage_overrides(parse_args(["--tokenizer-steps", "300", "--tokenizer-override",
+                                               "adversarial.start_step=50"]), paths)
+    assert tokenizer[-1] == "adversarial.start_step=50"                                     # the user's wins
+    assert stage_overrides(parse_args([]), paths)[0] == []                                  # the recipe's own
 
 
 def test_the_long_recipe_pair_and_its_default_output_dir():
