@@ -4,8 +4,9 @@ and optionally store the best as the pipeline's defaults.
     python benchmarks/sampling_sweep.py [--pipeline runs/main/pipeline] [--num-samples 2000] \
         [--confirm-samples 10000] [--save]
 
-A coordinate sweep, each stage keeping the best setting of the one before: guidance scale at
-temperature 1 without filters, then temperature at that guidance, then a top-k or top-p filter.
+A coordinate sweep, each stage keeping the best setting of the one before: guidance at
+temperature 1 without filters (constant scales, and scales that rise linearly from 1 over the
+grid's codes), then temperature at that guidance, then a top-k or top-p filter.
 Every setting draws `--num-samples` class-balanced samples (seed 0) and measures them with the
 Fashion-MNIST classifier's features against 10,000 *training* images: FID, precision/recall
 and class accuracy. The test split is kept for the reported figures
@@ -38,6 +39,7 @@ from machine import machine_kind  # noqa: E402  (this folder)
 from stage2_prior import SamplingOptions  # noqa: E402
 
 GUIDANCE = (1.0, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+LINEAR_GUIDANCE = (2.0, 3.0, 4.0, 5.0, 6.0)    # the scale at the last code of a linear schedule
 TEMPERATURE = (0.85, 0.92, 1.0, 1.08)
 FILTERS = ({"top_k": 0, "top_p": 1.0}, {"top_k": 100}, {"top_k": 300}, {"top_p": 0.95})
 
@@ -47,7 +49,8 @@ def measure(args, options: SamplingOptions, num_samples: int) -> dict:
     figures, _ = evaluate_pipeline(args.pipeline, num_samples=num_samples, batch_size=args.batch_size, seed=0,
                                    metrics=["fid", "pr", "accuracy"], reference_size=10_000, options=options,
                                    cache_dir=args.cache_dir, progress=False)
-    row = {"guidance_scale": options.guidance_scale, "temperature": options.temperature,
+    row = {"guidance_scale": options.guidance_scale, "guidance_schedule": options.guidance_schedule,
+           "temperature": options.temperature,
            "top_k": options.top_k, "top_p": options.top_p, "num_samples": num_samples,
            **{name: round(figures[name]["value"], 4) for name in ("fid", "precision", "recall", "accuracy")},
            "seconds": round(time.perf_counter() - start, 1)}
@@ -65,7 +68,8 @@ def best(rows: list[dict], min_accuracy: float, min_recall: float) -> dict:
 
 
 def options_of(row: dict) -> SamplingOptions:
-    return SamplingOptions(guidance_scale=row["guidance_scale"], temperature=row["temperature"],
+    return SamplingOptions(guidance_scale=row["guidance_scale"], guidance_schedule=row["guidance_schedule"],
+                           temperature=row["temperature"],
                            top_k=row["top_k"], top_p=row["top_p"])
 
 
@@ -104,13 +108,12 @@ def main() -> None:
         return best([measured[o] for o in candidates], args.min_accuracy, args.min_recall)
 
     plain = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0)
-    chosen = stage([replace(plain, guidance_scale=g) for g in GUIDANCE])
-    g = chosen["guidance_scale"]
-    chosen = stage([SamplingOptions(guidance_scale=g, temperature=t, top_k=0, top_p=1.0)
-                    for t in TEMPERATURE if t != 1.0]
-                   + [SamplingOptions(guidance_scale=g, temperature=1.0, top_k=0, top_p=1.0)])
+    chosen = stage([replace(plain, guidance_scale=g, guidance_schedule="constant") for g in GUIDANCE]
+                   + [replace(plain, guidance_scale=g, guidance_schedule="linear") for g in LINEAR_GUIDANCE])
+    guidance = options_of(chosen)
+    chosen = stage([replace(guidance, temperature=t) for t in TEMPERATURE if t != 1.0] + [guidance])
     t = chosen["temperature"]
-    chosen = stage([SamplingOptions(guidance_scale=g, temperature=t, **{"top_k": 0, "top_p": 1.0, **f}) for f in FILTERS])
+    chosen = stage([replace(guidance, temperature=t, **{"top_k": 0, "top_p": 1.0, **f}) for f in FILTERS])
     rows = list(measured.values())
     choice = best(rows, args.min_accuracy, args.min_recall)
     criterion = f"lowest FID with accuracy >= {args.min_accuracy} and recall >= {args.min_recall}"

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--num-samples", type=int, default=10_000)
     pipe.add_argument("--seed", type=int, default=0)
     pipe.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    pipe.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+                      help="constant, or rising linearly from 1 to --guidance-scale (default: the pipeline's)")
     pipe.add_argument("--temperature", type=float, default=None)
     pipe.add_argument("--top-k", type=int, default=None)
     pipe.add_argument("--top-p", type=float, default=None)
@@ -106,7 +108,8 @@ def run(argv: list[str] | None = None) -> dict:
             settings = {"split": args.split, "num_samples": args.num_samples, "seed": args.seed}
         else:
             metrics = parse_metrics(args.metrics, PIPELINE_METRICS)
-            options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+            options = SamplingOptions(guidance_schedule=args.guidance_schedule, temperature=args.temperature,
+                                      top_k=args.top_k, top_p=args.top_p)
             results, settings = evaluate_pipeline(
                 args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
                 args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,

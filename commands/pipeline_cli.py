@@ -52,6 +52,9 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
                              "class; K x K images for an unconditional pipeline")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance (default: the pipeline's, when classes are given)")
+    parser.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+                        help="guidance over the grid's codes: constant, or rising linearly from 1 to --guidance-scale "
+                             "(default: the pipeline's)")
     parser.add_argument("--temperature", type=float, default=None, help="default: the pipeline's (0: greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="default: the pipeline's (0: no top-k)")
     parser.add_argument("--top-p", type=float, default=None, help="default: the pipeline's (1: no top-p)")
@@ -78,7 +81,8 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
                                         torch_dtype=args.dtype)
         names = pipe.class_names
         labels = None if args.class_labels is None else [_label(t, names) for t in args.class_labels]
-        options = SamplingOptions(guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
+        options = SamplingOptions(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
+                                  temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
         progress = not args.no_progress
         if args.per_class is not None:

@@ -247,7 +247,8 @@ def evaluate_pipeline(
     torch_dtype: str | torch.dtype | None = None,
 ) -> tuple[dict[str, dict], dict]:
     """Sample `num_samples` class-balanced images from a saved pipeline and measure them; returns
-    (figures, settings). `options` holds further sampling options (temperature, top-k, top-p);
+    (figures, settings). `options` holds further sampling options (guidance schedule, temperature,
+    top-k, top-p);
     `seed`, `batch_size` and `guidance_scale` win over its fields when not None, and what is
     left unset uses the pipeline's defaults. The settings name the options the samples were
     drawn with (`top_k` 0 and `top_p` 1.0: no filter). "nll" and "bpd" score `nll_samples`
@@ -268,7 +269,7 @@ def evaluate_pipeline(
         check_splits(held_out, nll_split, bpd_fit_split)
     options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
-                "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
+                "guidance_schedule": options.guidance_schedule, "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
                 "class_labels": "balanced" if labels else None,
                 "prior_dtype": str(pipe.prior.lm.dtype).removeprefix("torch.")}
     results: dict[str, dict] = {}

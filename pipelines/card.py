@@ -209,7 +209,9 @@ def _card_text(manifest: dict, report: dict | None, samples: str | None, samples
         "```", "",
     ]
     if conditional:
-        out.append(f"With class labels, the default classifier-free guidance scale is {guidance:g}.")
+        ramp = (", rising linearly from 1 at the first code to that at the last"
+                if manifest.get("default_guidance_schedule") == "linear" else "")
+        out.append(f"With class labels, the default classifier-free guidance scale is {guidance:g}{ramp}.")
     out.append("The same seed gives the same images whatever the batch size.")
 
     out += ["", "## Evaluation", ""]

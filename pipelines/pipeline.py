@@ -219,6 +219,7 @@ class Pipeline:
         output_type: OutputType = "pil",
         progress: bool = True,
         options: SamplingOptions | None = None,
+        guidance_schedule: str | None = None,
     ):
         """Sample images.
 
@@ -227,7 +228,8 @@ class Pipeline:
         the number of labels (1 without labels). The sampling options come as keywords or as
         one `options` object (keywords that are not None win); what both leave unset comes from
         `sampling_defaults`: `guidance_scale` from `default_guidance_scale` when labels are given
-        (1.0, none, otherwise), `temperature`, `top_k`, `top_p` from the prior's stored defaults
+        (1.0, none, otherwise), `guidance_schedule` ("constant", or "linear": rising from 1 at the
+        first code to `guidance_scale` at the last), `temperature`, `top_k`, `top_p` from the prior's stored defaults
         (temperature 1 and no filters unless it stores others; `top_k=0` / `top_p=1.0` switch a
         stored filter off). `seed` makes the result reproducible, whatever `batch_size` (images
         sampled together; None: all at once). Output: "pil" a list of PIL images (mode L or RGB),
@@ -237,7 +239,8 @@ class Pipeline:
         self._check_output_type(output_type)
         n = self._num_images(num_images, class_labels)
         chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+                                       guidance_schedule=guidance_schedule)
         codes = sample_codes(self.prior, n, class_labels=class_labels, options=chosen, progress=progress)
         return self.decode(codes, output_type=output_type)
 
@@ -245,7 +248,7 @@ class Pipeline:
                     class_labels: Sequence[int | str] | None = None, seed: int | None = None,
                     guidance_scale: float | None = None, temperature: float | None = None, top_k: int | None = None,
                     top_p: float | None = None, batch_size: int | None = None, progress: bool = False,
-                    options: SamplingOptions | None = None) -> torch.Tensor:
+                    options: SamplingOptions | None = None, guidance_schedule: str | None = None) -> torch.Tensor:
         """A grid of samples: one row of `per_class` images per class (all classes, or `class_labels`),
         or `per_class` rows of `per_class` images for an unconditional prior. Returns the images
         `[N, C, H, W]` in [0, 1] and, with `path`, saves them as one PNG with `per_class` columns.
@@ -260,7 +263,8 @@ class Pipeline:
         else:
             labels = None
         chosen = SamplingOptions(seed=0).merged(options, guidance_scale=guidance_scale, temperature=temperature,
-                                                top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+                                                top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+                                                guidance_schedule=guidance_schedule)
         images = self.generate(num_images=len(labels) if labels else per_class * per_class, class_labels=labels,
                                output_type="pt", progress=progress, options=chosen)
         if path is not None:
@@ -277,8 +281,9 @@ class Pipeline:
         if self.conditional:
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             rows = ", ".join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(names))
+            ramp = " (rising linearly from 1)" if chosen.guidance_schedule == "linear" else ""
             return (f"{per_class} samples per class, one row per class ({rows}); seed {seed}, "
-                    f"guidance scale {chosen.guidance_scale:g}, {settings}")
+                    f"guidance scale {chosen.guidance_scale:g}{ramp}, {settings}")
         return f"{per_class * per_class} unconditional samples; seed {seed}, {settings}"
 
     # ------------------------------------------------------------------------------------ images <-> codes
@@ -399,6 +404,7 @@ class Pipeline:
         output_type: OutputType = "pil",
         progress: bool = True,
         options: SamplingOptions | None = None,
+        guidance_schedule: str | None = None,
     ):
         """Complete images from their top: encode them, keep the first `keep_rows` rows of codes
         (of the `h` rows of the grid), sample the rest with the prior, decode.
@@ -418,7 +424,8 @@ class Pipeline:
             )
         prefix = codes.flatten(1)[:, :keep_rows * w]
         chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+                                       guidance_schedule=guidance_schedule)
         sampled = sample_codes(self.prior, codes.shape[0], class_labels=class_labels, options=chosen,
                                progress=progress, prefix=prefix)
         return self.decode(sampled, output_type=output_type)
@@ -448,6 +455,7 @@ class Pipeline:
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "default_guidance_scale": self.default_guidance_scale,
+            "default_guidance_schedule": self.sampling_defaults.guidance_schedule or "constant",
             "datasets": self.datasets,
         }
 

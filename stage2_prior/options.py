@@ -18,9 +18,13 @@ of image codes with them:
   itself - so a plain `generate` would run twice the compute and mix identical logits. A user
   of `generate` gets our guidance by passing `guidance_scale=config.class_guidance_scale` and
   `negative_prompt_ids` = the null-class id, one per row.
+- The default guidance schedule is stored under `class_guidance_schedule` ("constant" or
+  "linear"); transformers' CFG processor knows only a constant scale, so `generate` reproduces
+  our sampler's guidance only for the constant schedule.
 
 Fields missing from a stored config (priors saved before it carried sampling defaults) read as
-the built-in defaults: temperature 1, no top-k, no top-p, no stored guidance.
+the built-in defaults: temperature 1, no top-k, no top-p, no stored guidance, a constant
+guidance schedule.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from .layout import TokenLayout
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 GUIDANCE_KEY = "class_guidance_scale"
+SCHEDULE_KEY = "class_guidance_schedule"
+GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class SamplingOptions:
     defaults: no guidance, temperature 1, no top-k, no top-p, a random seed, one batch).
 
     `guidance_scale` s mixes class and null-class logits as `u + s * (c - u)` (1: none);
+    `guidance_schedule` says how s varies over the raster positions: "constant", or "linear",
+    rising from 1 (no guidance) at the first image code to `guidance_scale` at the last, so the
+    first codes (the layout of the image) are drawn as the prior's conditional distribution has
+    them and guidance sharpens the details;
     `temperature` 0 is greedy; `top_k` 0 and `top_p` 1.0 switch those filters off explicitly
     (useful to override a stored default); `seed` makes the result reproducible whatever
     `batch_size` (images sampled together).
@@ -57,11 +67,14 @@ class SamplingOptions:
     top_p: float | None = None
     seed: int | None = None
     batch_size: int | None = None
+    guidance_schedule: str | None = None
 
     def __post_init__(self):
         problems = []
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
             problems.append(f"guidance_scale must be a finite number, got {self.guidance_scale}")
+        if self.guidance_schedule is not None and self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            problems.append(f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got {self.guidance_schedule!r}")
         if self.temperature is not None and not self.temperature >= 0:
             problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k
@@ -98,7 +111,8 @@ def sampling_defaults(config) -> SamplingOptions:
     top_k = getattr(config, "top_k", None) or None
     top_p = getattr(config, "top_p", None)
     guidance = getattr(config, GUIDANCE_KEY, None)
-    return SamplingOptions(guidance_scale=None if guidance is None else float(guidance), temperature=temperature,
+    return SamplingOptions(guidance_scale=None if guidance is None else float(guidance),
+                           guidance_schedule=getattr(config, SCHEDULE_KEY, None), temperature=temperature,
                            top_k=None if top_k is None else int(top_k),
                            top_p=None if top_p is None or top_p >= 1.0 else float(top_p))
 
@@ -123,6 +137,7 @@ def generation_config(layout: TokenLayout, defaults: SamplingOptions, base=None)
     config.top_p = (defaults.top_p or 1.0) if sampling else None
     config.guidance_scale = None
     setattr(config, GUIDANCE_KEY, defaults.guidance_scale)
+    setattr(config, SCHEDULE_KEY, defaults.guidance_schedule)
     config.max_new_tokens = config.min_new_tokens = layout.num_image_tokens
     config.suppress_tokens = list(range(layout.codebook_size, layout.vocab_size))
     config.bos_token_id = config.eos_token_id = config.pad_token_id = layout.bos_id

@@ -25,10 +25,21 @@ from tqdm.auto import tqdm
 from .model import ImagePrior
 from .options import SamplingOptions
 
-__all__ = ["SamplingOptions", "filter_logits", "pick_tokens", "resolve_options", "sample_codes"]
+__all__ = ["SamplingOptions", "filter_logits", "guidance_scales", "pick_tokens", "resolve_options", "sample_codes"]
 
 # What a call samples with where neither it nor the stored defaults say otherwise.
-BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, guidance_schedule="constant", temperature=1.0, top_k=0,
+                                    top_p=1.0)
+
+
+def guidance_scales(guidance_scale: float, schedule: str, num_positions: int) -> list[float]:
+    """The guidance scale at each raster position: `guidance_scale` everywhere ("constant"), or
+    rising linearly from 1 at the first position to `guidance_scale` at the last ("linear")."""
+    if schedule == "constant" or num_positions == 1:
+        return [float(guidance_scale)] * num_positions
+    if schedule == "linear":
+        return [1.0 + (guidance_scale - 1.0) * t / (num_positions - 1) for t in range(num_positions)]
+    raise ValueError(f"unknown guidance schedule {schedule!r}: use 'constant' or 'linear'")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
@@ -156,7 +167,7 @@ def resolve_options(prior: ImagePrior, class_labels=None, options: SamplingOptio
 
     A default guidance scale applies only when class labels are given; unconditional sampling
     is unguided unless `options` asks for guidance (which `sample_codes` then rejects). In the
-    result `guidance_scale`, `temperature`, `top_k` and `top_p` are set (`top_k=0` and
+    result `guidance_scale`, `guidance_schedule`, `temperature`, `top_k` and `top_p` are set (`top_k=0` and
     `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
     """
     defaults = prior.sampling_defaults if defaults is None else defaults
@@ -175,6 +186,7 @@ def sample_codes(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    guidance_schedule: str | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
@@ -187,10 +199,11 @@ def sample_codes(
     `class_labels`: one per image (ids or names), one for all, or None (unconditional; a
     class-conditional prior then samples from its null class). `guidance_scale` s mixes the
     conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
-    both rows run in one doubled batch. Only image-code ids are ever emitted.
+    both rows run in one doubled batch; `guidance_schedule` "linear" ramps s from 1 at the first
+    position to `guidance_scale` at the last (`guidance_scales`). Only image-code ids are ever emitted.
 
-    The sampling options (`guidance_scale`, `temperature`, `top_k`, `top_p`, `seed`,
-    `batch_size`) may come as keywords or as one `options` object; keywords that are not None
+    The sampling options (`guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`,
+    `seed`, `batch_size`) may come as keywords or as one `options` object; keywords that are not None
     win over `options`, and what both leave unset comes from the prior's `sampling_defaults`
     (see `resolve_options`). `top_k=0` / `top_p=1.0` switch a stored filter off.
 
@@ -202,7 +215,8 @@ def sample_codes(
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
     overrides = (options or SamplingOptions()).merged(guidance_scale=guidance_scale, temperature=temperature,
-                                                      top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size)
+                                                      top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+                                                      guidance_schedule=guidance_schedule)
     chosen = resolve_options(prior, class_labels, overrides)
     guidance_scale, temperature = chosen.guidance_scale, chosen.temperature
     top_k, top_p = chosen.top_k or None, (chosen.top_p if chosen.top_p < 1.0 else None)
@@ -215,6 +229,7 @@ def sample_codes(
     seeds = _image_seeds(num_images, seed, generator)
     device = next(lm.parameters()).device
     T = layout.num_image_tokens
+    scales = guidance_scales(guidance_scale, chosen.guidance_schedule, T) if guided else None
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
     bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
@@ -222,7 +237,7 @@ def sample_codes(
         for start in range(0, num_images, batch_size):
             stop = min(start + batch_size, num_images)
             codes = _sample_batch(prior, labels[start:stop] if labels is not None else None,
-                                  prefix[start:stop], seeds[start:stop].to(device), guidance_scale if guided else None,
+                                  prefix[start:stop], seeds[start:stop].to(device), scales,
                                   temperature, top_k, top_p, use_cache, bar)
             out[start:stop] = codes.cpu()
     bar.close()
@@ -256,33 +271,35 @@ class _Decoder:
 
 
 def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.Tensor, seeds: torch.Tensor,
-                  guidance_scale: float | None, temperature: float, top_k: int | None, top_p: float | None,
+                  scales: list[float] | None, temperature: float, top_k: int | None, top_p: float | None,
                   use_cache: bool, bar) -> torch.Tensor:
     """Codes `[B, T]` (on the prior's device) for one batch: a condition token and the given
-    prefix read in one step, then one step per sampled position. With guidance the batch is
-    doubled (conditional rows, then null-class rows) and both halves take the mixed choice."""
+    prefix read in one step, then one step per sampled position. With guidance (`scales`: one
+    scale per position) the batch is doubled (conditional rows, then null-class rows) and both
+    halves take the mixed choice."""
     layout, lm = prior.layout, prior.lm
     B, n = prefix.shape
     K, T = layout.codebook_size, layout.num_image_tokens
     device = seeds.device
     cond = layout.condition_ids(None, B) if labels is None else layout.class_id(labels, validate=False)
-    rows = 2 * B if guidance_scale is not None else B
-    if guidance_scale is not None:
+    guided = scales is not None
+    rows = 2 * B if guided else B
+    if guided:
         cond = torch.cat([cond, torch.full_like(cond, layout.null_id)])
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     codes[:, :n] = prefix.to(device)
     decoder = _Decoder(lm, rows, 1 + T, K, use_cache=use_cache)
-    given = codes[:, :n] if guidance_scale is None else codes[:, :n].repeat(2, 1)
+    given = codes[:, :n].repeat(2, 1) if guided else codes[:, :n]
     step_ids = torch.cat([cond[:, None].to(device), given], dim=1)
     for t in range(n, T):
         logits = decoder.step(step_ids)
-        if guidance_scale is not None:
+        if guided:
             c, u = logits.chunk(2)
-            logits = torch.lerp(u, c, guidance_scale)             # u + s (c - u)
+            logits = torch.lerp(u, c, scales[t])                  # u + s (c - u)
         logits = filter_logits(logits, top_k, top_p, temperature)
         noise = uniform_noise(seeds, t, K) if temperature > 0 else None
         nxt = pick_tokens(logits, temperature, noise)
         codes[:, t] = nxt
-        step_ids = (nxt if guidance_scale is None else nxt.repeat(2))[:, None]
+        step_ids = (nxt.repeat(2) if guided else nxt)[:, None]
         bar.update(B)
     return codes

@@ -34,10 +34,12 @@ from .tokens import build_token_splits
 @dataclass
 class SamplingDefaults:
     """The `sampling:` section: the saved prior's sampling defaults (its `generation_config.json`),
-    which the previews use too. `guidance_scale` applies to class-conditional priors trained with
-    class dropout (1.0 otherwise); `top_k: 0` and `top_p: 1.0` mean no filter."""
+    which the previews use too. `guidance_scale` and `guidance_schedule` ("constant" or "linear",
+    see `SamplingOptions`) apply to class-conditional priors trained with class dropout (1.0
+    otherwise); `top_k: 0` and `top_p: 1.0` mean no filter."""
 
     guidance_scale: float = 2.0
+    guidance_schedule: str = "constant"
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -49,7 +51,8 @@ class SamplingDefaults:
         """The defaults a prior stores: no guidance for an unconditional prior, none (1.0) for a
         conditional one trained without class dropout (it never saw the null class)."""
         guidance = (self.guidance_scale if class_dropout else 1.0) if conditional else None
-        return SamplingOptions(guidance_scale=guidance, temperature=self.temperature, top_k=self.top_k,
+        return SamplingOptions(guidance_scale=guidance, guidance_schedule=self.guidance_schedule,
+                               temperature=self.temperature, top_k=self.top_k,
                                top_p=self.top_p)
 
 

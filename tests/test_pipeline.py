@@ -143,8 +143,9 @@ def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
     tuned = Pipeline(make_tokenizer(), prior)
     plain = Pipeline(make_tokenizer(), make_prior())
     assert tuned.sampling_defaults == SamplingOptions(guidance_scale=2.0, temperature=0.6, top_k=12)
-    assert tuned.sampling_options([0], seed=1) == SamplingOptions(2.0, 0.6, 12, 1.0, seed=1)
-    assert tuned.sampling_options(None, SamplingOptions(top_k=0)) == SamplingOptions(1.0, 0.6, 0, 1.0)
+    constant = dict(guidance_schedule="constant")
+    assert tuned.sampling_options([0], seed=1) == SamplingOptions(2.0, 0.6, 12, 1.0, seed=1, **constant)
+    assert tuned.sampling_options(None, SamplingOptions(top_k=0)) == SamplingOptions(1.0, 0.6, 0, 1.0, **constant)
     kw = dict(class_labels=[0, 1, 2, 0, 1, 2], seed=4, output_type="codes")
     ref = gen(tuned, **kw)
     assert torch.equal(ref, gen(plain, temperature=0.6, top_k=12, **kw))
@@ -164,6 +165,30 @@ def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
     assert torch.equal(gen(loaded, **kw), ref)
     assert torch.equal(gen(loaded, **kw), gen(loaded, temperature=0.6, **kw))
     assert "temperature 0.6, top-k 12." in loaded.grid_caption(8, seed=0)
+
+
+def test_a_linear_guidance_schedule_travels_with_the_pipeline(tmp_path):
+    from commands.pipeline_cli import generate_main
+
+    prior = make_prior()
+    prior.sampling_defaults = SamplingOptions(guidance_scale=4.0, guidance_schedule="linear")
+    ramp = Pipeline(make_tokenizer(), prior)
+    kw = dict(class_labels=[0, 1, 2, 0, 1, 2], seed=4, output_type="codes")
+    ref = gen(ramp, **kw)
+    assert not torch.equal(ref, gen(ramp, guidance_schedule="constant", **kw))
+    assert torch.equal(gen(ramp, guidance_schedule="constant", **kw), gen(Pipeline(make_tokenizer(), make_prior(),
+                                                                                   default_guidance_scale=4.0), **kw))
+    assert "guidance scale 4 (rising linearly from 1)" in ramp.grid_caption(8, seed=0)
+    saved = ramp.save_pretrained(tmp_path / "p", samples=False)
+    assert json.loads((saved / "pipeline.json").read_text())["default_guidance_schedule"] == "linear"
+    assert "rising linearly from 1" in (saved / "README.md").read_text()
+    loaded = Pipeline.from_pretrained(saved)
+    assert loaded.sampling_defaults.guidance_schedule == "linear" and torch.equal(gen(loaded, **kw), ref)
+    files = generate_main([str(saved), "--class-labels", "0", "1", "--seed", "3", "--output-dir", str(tmp_path / "o"),
+                           "--no-progress", "--guidance-schedule", "constant"])
+    told = np.stack([np.asarray(PIL.Image.open(f)) for f in files])
+    images = loaded.generate(class_labels=[0, 1], seed=3, progress=False, guidance_schedule="constant")
+    assert np.array_equal(told, np.stack([np.asarray(im) for im in images]))
 
 
 def test_assigned_sampling_defaults_follow_the_guidance_rule():

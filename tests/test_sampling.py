@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from stage2_prior.layout import TokenLayout
 from stage2_prior.model import ImagePrior, PriorConfig
-from stage2_prior.sampling import SamplingOptions, filter_logits, resolve_options, sample_codes
+from stage2_prior.sampling import SamplingOptions, filter_logits, guidance_scales, resolve_options, sample_codes
 from trainkit.hub import CheckpointError
 
 K = 16
@@ -245,19 +245,42 @@ def test_guidance_scale_one_is_plain_conditional_and_three_differs(prior):
     assert not torch.equal(plain, sample_codes(prior, 8, guidance_scale=3.0, **kw))
 
 
-@pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_guided_greedy_matches_manual_mixing(prior, scale):
+@pytest.mark.parametrize("scale, schedule", [(1.0, "constant"), (3.0, "constant"), (5.0, "linear")])
+def test_guided_greedy_matches_manual_mixing(prior, scale, schedule):
     layout = prior.layout
     labels = torch.tensor([0, 1, 2, 3])
     cond = layout.class_id(labels)[:, None]
     null = torch.full_like(cond, layout.null_id)
     codes = torch.empty(4, 0, dtype=torch.long)
-    for _ in range(T):
+    for t in range(T):
+        s = scale if schedule == "constant" else 1 + (scale - 1) * t / (T - 1)
         c = code_logits(prior, torch.cat([cond, codes], 1))[:, -1]
         u = code_logits(prior, torch.cat([null, codes], 1))[:, -1]
-        codes = torch.cat([codes, (u + scale * (c - u)).argmax(-1, keepdim=True)], 1)
-    sampled = sample_codes(prior, 4, class_labels=labels, guidance_scale=scale, temperature=0.0)
+        codes = torch.cat([codes, (u + s * (c - u)).argmax(-1, keepdim=True)], 1)
+    sampled = sample_codes(prior, 4, class_labels=labels, guidance_scale=scale, guidance_schedule=schedule,
+                           temperature=0.0)
     assert torch.equal(sampled.flatten(1), codes)
+
+
+def test_guidance_schedules():
+    assert guidance_scales(3.0, "constant", 4) == [3.0] * 4
+    assert guidance_scales(4.0, "linear", 4) == [1.0, 2.0, 3.0, 4.0]
+    assert guidance_scales(4.0, "linear", 1) == [4.0]
+    with pytest.raises(ValueError, match="guidance_schedule must be one of"):
+        SamplingOptions(guidance_schedule="cosine")
+
+
+def test_linear_schedule_starts_unguided_and_ends_at_the_full_scale(prior):
+    labels, seed = [0, 1, 2, 3, 0, 1, 2, 3], 8
+    ramp = sample_codes(prior, 8, class_labels=labels, seed=seed, guidance_scale=4.0, guidance_schedule="linear")
+    plain = sample_codes(prior, 8, class_labels=labels, seed=seed, guidance_scale=1.0)
+    constant = sample_codes(prior, 8, class_labels=labels, seed=seed, guidance_scale=4.0)
+    assert torch.equal(ramp.flatten(1)[:, 0], plain.flatten(1)[:, 0])          # scale 1 at the first code
+    assert not torch.equal(ramp, constant) and not torch.equal(ramp, plain)
+    # given every code but the last, the ramp's last step is the constant scale's
+    prefix = ramp.flatten(1)[:, :-1]
+    last = sample_codes(prior, 8, class_labels=labels, seed=seed, guidance_scale=4.0, prefix=prefix)
+    assert torch.equal(last, ramp)
 
 
 def test_only_code_ids_are_emitted():
@@ -347,12 +370,14 @@ def test_saved_prior_holds_its_sampling_defaults_in_generation_config(tmp_path):
     assert fresh["suppress_tokens"] == list(range(K, LAYOUT.vocab_size))
     assert fresh["bos_token_id"] == fresh["eos_token_id"] == fresh["pad_token_id"] == LAYOUT.bos_id
 
-    saved_with_defaults(tmp_path / "tuned", temperature=0.7, top_k=5, top_p=0.9, guidance_scale=2.5)
+    saved_with_defaults(tmp_path / "tuned", temperature=0.7, top_k=5, top_p=0.9, guidance_scale=2.5,
+                        guidance_schedule="linear")
     tuned = json.loads((tmp_path / "tuned" / "generation_config.json").read_text())
     assert (tuned["temperature"], tuned["top_k"], tuned["top_p"], tuned["class_guidance_scale"]) == (0.7, 5, 0.9, 2.5)
-    assert tuned.get("guidance_scale") is None
+    assert tuned.get("guidance_scale") is None and tuned["class_guidance_schedule"] == "linear"
     reloaded = ImagePrior.from_pretrained(tmp_path / "tuned")
-    assert reloaded.sampling_defaults == SamplingOptions(guidance_scale=2.5, temperature=0.7, top_k=5, top_p=0.9)
+    assert reloaded.sampling_defaults == SamplingOptions(guidance_scale=2.5, guidance_schedule="linear",
+                                                         temperature=0.7, top_k=5, top_p=0.9)
 
     saved_with_defaults(tmp_path / "greedy", temperature=0.0)
     greedy = json.loads((tmp_path / "greedy" / "generation_config.json").read_text())
@@ -415,11 +440,13 @@ def test_top_k_zero_and_top_p_one_mean_no_filter(prior):
     ref = sample_codes(prior, 4, **kw)
     assert torch.equal(ref, sample_codes(prior, 4, top_k=0, top_p=1.0, **kw))
     chosen = resolve_options(prior, [0], SamplingOptions(top_k=0, top_p=1.0))
-    assert chosen == SamplingOptions(guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    assert chosen == SamplingOptions(guidance_scale=1.0, guidance_schedule="constant", temperature=1.0, top_k=0,
+                                     top_p=1.0)
     tuned = make_prior()
     tuned.sampling_defaults = SamplingOptions(top_k=3, top_p=0.5, temperature=2.0, guidance_scale=2.0)
     assert resolve_options(tuned, [0], chosen) == chosen                      # resolving twice changes nothing
-    assert resolve_options(tuned, None) == SamplingOptions(guidance_scale=1.0, temperature=2.0, top_k=3, top_p=0.5)
+    assert resolve_options(tuned, None) == SamplingOptions(guidance_scale=1.0, guidance_schedule="constant",
+                                                           temperature=2.0, top_k=3, top_p=0.5)
 
 
 @pytest.mark.parametrize("old_file", [False, True])
