@@ -1,6 +1,6 @@
 """`imagegen-evaluate`: metrics of a tokenizer or of a whole pipeline, as a JSON report and a table.
 
-    imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid,accuracy
+    imagegen-evaluate tokenizer runs/tokenizer_vq/final --split test --metrics mse,psnr,usage,rfid,pr,accuracy
     imagegen-evaluate pipeline runs/pipeline --num-samples 10000 --metrics fid,is,pr,accuracy,nll
     imagegen-evaluate pipeline runs/pipeline --metrics bpd --nll-split test --bpd-fit-split holdout
 

@@ -28,7 +28,7 @@ from .features import FeatureNetwork, InceptionFID, check_images, get_feature_ne
 from .metrics import class_accuracy, fid, inception_score, precision_recall
 from .reference import ReferenceStats, reference_stats, select_images
 
-TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "accuracy", "inception_rfid")
+TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "pr", "accuracy", "inception_rfid")
 PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll", "bpd")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
 
@@ -136,7 +136,9 @@ def evaluate_tokenizer(
     "mse" also gives `chroma_error` and `mean_color_error` (BT.601 chroma MAE and the distance
     between mean colours, on [0, 1]); "rfid" is the Frechet distance between the domain network's
     features of the reconstructions and of the same original images, "inception_rfid" the same
-    with Inception-v3 features; "accuracy" is the domain classifier's accuracy on the
+    with Inception-v3 features; "pr" the precision and recall of the reconstructions' domain
+    features on the originals' k-NN manifold (what the tokenizer leaves of the data's variety: a
+    ceiling for a pipeline's recall); "accuracy" is the domain classifier's accuracy on the
     reconstructions, beside its accuracy on the originals (what the tokenizer leaves of the class:
     a ceiling for a pipeline's class accuracy).
     """
@@ -150,7 +152,7 @@ def evaluate_tokenizer(
                          "has unlabelled images (drop 'accuracy' from --metrics)")
     loader = DataLoader(ImageDataset(images, labels), batch_size=batch_size, shuffle=False)
     recons: list[torch.Tensor] = []
-    feature_metrics = [m for m in ("rfid", "accuracy", "inception_rfid") if m in metrics]
+    feature_metrics = [m for m in ("rfid", "pr", "accuracy", "inception_rfid") if m in metrics]
     collect = (lambda _x, recon: recons.append(((recon.float() + 1) / 2).clamp(0, 1).cpu())) if feature_metrics else None
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
@@ -164,7 +166,7 @@ def evaluate_tokenizer(
     if not feature_metrics:
         return results
     reconstructions = torch.cat(recons)
-    for spec, names in ((feature_network, ("rfid", "accuracy")), ("inception", ("inception_rfid",))):
+    for spec, names in ((feature_network, ("rfid", "pr", "accuracy")), ("inception", ("inception_rfid",))):
         names = [m for m in names if m in metrics]
         if not names:
             continue
@@ -178,6 +180,10 @@ def evaluate_tokenizer(
                 accuracy, per_class = class_accuracy(out.logits, labels, network.class_names)
                 real = class_accuracy(ref.logits, ref.labels)[0]
                 results["accuracy"] = _figure(accuracy, ref, n, per_class=per_class, reference_value=real)
+            elif name == "pr":
+                precision, recall = precision_recall(ref.features, out.features)
+                results["precision"] = _figure(precision, ref, n)
+                results["recall"] = _figure(recall, ref, n)
             else:
                 results[name] = _figure(fid(out.features, ref.stats), ref, n)
     return results

@@ -330,6 +330,16 @@ def test_tokenizer_accuracy_is_the_classifier_on_reconstructions_beside_the_orig
     assert blank["value"] < 0.2 and blank["reference_value"] == lossless["reference_value"]
 
 
+def test_tokenizer_precision_recall_is_that_of_reconstructions_on_the_originals(tmp_path):
+    data = DataConfig(dataset="fashion_mnist")
+    settings = dict(split="test", num_samples=500, metrics=["pr"], cache_dir=tmp_path)
+    lossless = evaluate_tokenizer(PixelTokenizer(), data, **settings)
+    assert lossless["precision"]["value"] == lossless["recall"]["value"] == 1.0     # the originals themselves
+    assert lossless["recall"]["num_samples"] == 500
+    blank = evaluate_tokenizer(PixelTokenizer(blank=True), data, **settings)
+    assert blank["recall"]["value"] < 0.05 and blank["precision"]["value"] < 0.5
+
+
 def test_tokenizer_colour_errors_come_with_the_mse_for_rgb_images():
     class Grey(PixelTokenizer):
         def decode(self, codes):
