@@ -125,7 +125,8 @@ def main() -> None:
     scales += [replace(plain, guidance_scale=g, guidance_schedule="linear") for g in LINEAR_GUIDANCE]
     chosen = stage(sorted(scales, key=mean_guidance))
     guidance = options_of(chosen)
-    chosen = stage(sorted((replace(guidance, temperature=t) for t in TEMPERATURE), key=lambda o: abs(o.temperature - 1)))
+    temperatures = sorted(TEMPERATURE, key=lambda t: abs(t - 1))
+    chosen = stage([replace(guidance, temperature=t) for t in temperatures])
     t = chosen["temperature"]
     choice = stage([replace(guidance, temperature=t, **{"top_k": 0, "top_p": 1.0, **f}) for f in FILTERS])
     rows = list(measured.values())

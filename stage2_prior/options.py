@@ -74,7 +74,8 @@ class SamplingOptions:
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
             problems.append(f"guidance_scale must be a finite number, got {self.guidance_scale}")
         if self.guidance_schedule is not None and self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            problems.append(f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got {self.guidance_schedule!r}")
+            problems.append(f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, "
+                            f"got {self.guidance_schedule!r}")
         if self.temperature is not None and not self.temperature >= 0:
             problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k

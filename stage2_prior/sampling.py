@@ -167,8 +167,8 @@ def resolve_options(prior: ImagePrior, class_labels=None, options: SamplingOptio
 
     A default guidance scale applies only when class labels are given; unconditional sampling
     is unguided unless `options` asks for guidance (which `sample_codes` then rejects). In the
-    result `guidance_scale`, `guidance_schedule`, `temperature`, `top_k` and `top_p` are set (`top_k=0` and
-    `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
+    result `guidance_scale`, `guidance_schedule`, `temperature`, `top_k` and `top_p` are set
+    (`top_k=0` and `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
     """
     defaults = prior.sampling_defaults if defaults is None else defaults
     if class_labels is None:
@@ -186,13 +186,13 @@ def sample_codes(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    guidance_schedule: str | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
     progress: bool = False,
     prefix: torch.Tensor | None = None,
     options: SamplingOptions | None = None,
+    guidance_schedule: str | None = None,
 ) -> torch.Tensor:
     """Sample `num_images` code grids `LongTensor[N, h, w]`.
 
@@ -200,11 +200,12 @@ def sample_codes(
     class-conditional prior then samples from its null class). `guidance_scale` s mixes the
     conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
     both rows run in one doubled batch; `guidance_schedule` "linear" ramps s from 1 at the first
-    position to `guidance_scale` at the last (`guidance_scales`). Only image-code ids are ever emitted.
+    position to `guidance_scale` at the last (`guidance_scales`). Only image-code ids are ever
+    emitted.
 
     The sampling options (`guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`,
-    `seed`, `batch_size`) may come as keywords or as one `options` object; keywords that are not None
-    win over `options`, and what both leave unset comes from the prior's `sampling_defaults`
+    `seed`, `batch_size`) may come as keywords or as one `options` object; keywords that are not
+    None win over `options`, and what both leave unset comes from the prior's `sampling_defaults`
     (see `resolve_options`). `top_k=0` / `top_p=1.0` switch a stored filter off.
 
     `prefix`: optional given codes `LongTensor[N, n]` (the first n positions in raster order,
