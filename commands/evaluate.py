@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--split", default="test")
     tok.add_argument("--num-samples", type=int, default=None, help="images of the split (default: all)")
     tok.add_argument("--seed", type=int, default=0, help="seed of the random subset when --num-samples is set")
+    tok.add_argument("--pr-reference-split", default=None,
+                     help="pr against this split's images (e.g. train, as a pipeline's recall) instead of the "
+                          "reconstructions' own originals")
+    tok.add_argument("--pr-reference-size", type=int, default=10_000, help="images of --pr-reference-split")
     tok.add_argument("--metrics", default="mse,psnr,usage,rfid",
                      help=f"comma-separated: {','.join(TOKENIZER_METRICS)} "
                           "(for RGB images mse also reports chroma_error and mean_color_error)")
@@ -104,7 +108,9 @@ def run(argv: list[str] | None = None) -> dict:
             data = DataConfig(dataset=args.dataset, channels=tokenizer.config.in_channels,
                               image_size=tokenizer.config.image_size)
             results = evaluate_tokenizer(tokenizer, data, args.split, args.num_samples, args.batch_size or 500,
-                                         metrics, args.feature_network, args.cache_dir, args.seed, progress)
+                                         metrics, args.feature_network, args.cache_dir, args.seed, progress,
+                                         pr_reference_split=args.pr_reference_split,
+                                         pr_reference_size=args.pr_reference_size)
             settings = {"split": args.split, "num_samples": args.num_samples, "seed": args.seed}
         else:
             metrics = parse_metrics(args.metrics, PIPELINE_METRICS)

@@ -33,7 +33,7 @@ from evalkit.metrics import (
     knn_radii,
     precision_recall,
 )
-from evalkit.reference import reference_stats
+from evalkit.reference import reference_stats, select_images
 from trainkit.data import DataConfig, ImageData
 from trainkit.hub import CheckpointError
 
@@ -338,6 +338,15 @@ def test_tokenizer_precision_recall_is_that_of_reconstructions_on_the_originals(
     assert lossless["recall"]["num_samples"] == 500
     blank = evaluate_tokenizer(PixelTokenizer(blank=True), data, **settings)
     assert blank["recall"]["value"] < 0.05 and blank["precision"]["value"] < 0.5
+    # against other real images (as a pipeline's recall): a lossless tokenizer scores what its originals score
+    on_train = evaluate_tokenizer(PixelTokenizer(), data, **settings, pr_reference_split="train", pr_reference_size=800)
+    assert (on_train["recall"]["reference"]["split"], on_train["recall"]["reference"]["num_images"]) == ("train", 800)
+    images, labels = select_images(data, "test", 500)
+    reference = reference_stats(get_feature_network("fashion_mnist_classifier"), data, "train", 800, tmp_path)
+    originals = evaluate_images(images.float() / 255, labels, reference, ["pr"])
+    assert on_train["recall"]["value"] == pytest.approx(originals["recall"]["value"], abs=1e-6)
+    assert on_train["precision"]["value"] == pytest.approx(originals["precision"]["value"], abs=1e-6)
+    assert on_train["recall"]["value"] < 1.0
 
 
 def test_tokenizer_colour_errors_come_with_the_mse_for_rgb_images():
