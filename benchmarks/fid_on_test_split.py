@@ -37,6 +37,7 @@ from evalkit.evaluate import balanced_labels  # noqa: E402
 from evalkit.features import InceptionFID  # noqa: E402
 from evalkit.metrics import fid  # noqa: E402
 from evalkit.reference import select_images  # noqa: E402
+from stage2_prior.options import GUIDANCE_SCHEDULES  # noqa: E402
 from machine import machine_kind  # noqa: E402  (this folder)
 from pipelines import Pipeline  # noqa: E402
 from stage1_tokenizer import ImageTokenizer  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="a tokenizer directory: floor and rFID only")
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
-    parser.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+    parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                         help="default: the pipeline's")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)

@@ -23,6 +23,7 @@ from evalkit.evaluate import (
 )
 from evalkit.reference import default_cache_dir
 from stage2_prior import SamplingOptions
+from stage2_prior.options import GUIDANCE_SCHEDULES
 from trainkit.data import DataConfig
 from trainkit.hub import atomic_write_text
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--num-samples", type=int, default=10_000)
     pipe.add_argument("--seed", type=int, default=0)
     pipe.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
-    pipe.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
+    pipe.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                       help="constant, or rising linearly from 1 to --guidance-scale (default: the pipeline's)")
     pipe.add_argument("--temperature", type=float, default=None)
     pipe.add_argument("--top-k", type=int, default=None)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import ImagePrior
-from .options import SamplingOptions
+from .options import GUIDANCE_SCHEDULES, SamplingOptions
 
 __all__ = ["SamplingOptions", "filter_logits", "guidance_scales", "pick_tokens", "resolve_options", "sample_codes"]
 
@@ -39,7 +39,7 @@ def guidance_scales(guidance_scale: float, schedule: str, num_positions: int) ->
         return [float(guidance_scale)] * num_positions
     if schedule == "linear":
         return [1.0 + (guidance_scale - 1.0) * t / (num_positions - 1) for t in range(num_positions)]
-    raise ValueError(f"unknown guidance schedule {schedule!r}: use 'constant' or 'linear'")
+    raise ValueError(f"unknown guidance schedule {schedule!r}: use one of {list(GUIDANCE_SCHEDULES)}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
