@@ -37,6 +37,9 @@ class ImageTokenizerConfig:
     # RGB only: weight of the reconstruction error along the two chroma axes (orthogonal to grey)
     # against the grey axis; 1 is the plain RGB loss. Above 1, colour is learned sooner.
     chroma_weight: float = 1.0
+    # Weight of a phase-blind term added to the reconstruction loss: the mean absolute difference
+    # of the images' amplitude spectra (`model.spectrum_loss`). 0 leaves it out.
+    spectrum_weight: float = 0.0
 
     # VQ-VAE: nearest-neighbour lookup with a straight-through gradient.
     vq_beta: float = 0.25                 # commitment weight, on ||z_e - sg(e)||^2
@@ -80,6 +83,8 @@ class ImageTokenizerConfig:
             )
         if self.chroma_weight <= 0:
             raise ValueError(f"chroma_weight must be positive, got {self.chroma_weight}")
+        if self.spectrum_weight < 0:
+            raise ValueError(f"spectrum_weight must be >= 0 (0 leaves the term out), got {self.spectrum_weight}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
 

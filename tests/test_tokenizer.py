@@ -209,3 +209,29 @@ def test_chroma_weight_needs_rgb_and_a_positive_value():
                                               chroma_weight=2.0, vq_kmeans_init=False))
     out = rgb(torch.rand(2, 3, 8, 8) * 2 - 1)
     assert out.recon_loss.ndim == 0 and out.recon_loss > 0
+
+
+def test_spectrum_term_is_blind_to_phase_and_charges_blur():
+    from stage1_tokenizer.model import reconstruction_loss, spectrum_loss
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    assert spectrum_loss(images, images) == 0
+    shifted = torch.roll(images, shifts=(1, 2), dims=(2, 3))     # the same texture, elsewhere
+    assert spectrum_loss(shifted, images) < 1e-5 < F.mse_loss(shifted, images)
+    assert spectrum_loss(F.avg_pool2d(images, 3, 1, 1), images) > 0.1
+
+    config = dict(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1, latent_channels=8,
+                  codebook_size=16, vq_kmeans_init=False)
+    torch.manual_seed(0)
+    plain = ImageTokenizer(ImageTokenizerConfig(**config))
+    torch.manual_seed(0)
+    weighted = ImageTokenizer(ImageTokenizerConfig(**config, spectrum_weight=0.5))
+    out, plain_out = weighted(images), plain(images)
+    torch.testing.assert_close(plain_out.reconstruction, out.reconstruction)
+    expected = reconstruction_loss(out.reconstruction, images) + 0.5 * spectrum_loss(out.reconstruction, images)
+    torch.testing.assert_close(out.recon_loss, expected)
+    torch.testing.assert_close(out.stats["spectrum_loss"], spectrum_loss(out.reconstruction, images))
+    assert "spectrum_loss" not in plain_out.stats
+    with pytest.raises(ValueError, match="spectrum_weight must be >= 0"):
+        ImageTokenizerConfig(spectrum_weight=-1.0)
