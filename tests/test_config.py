@@ -82,8 +82,9 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 
 def test_the_long_recipes_are_the_main_recipes_with_more_steps():
-    """The long tokenizer starts its discriminator later; the long prior keeps the larger model its
-    figures were measured with and its own sampling defaults; everything else is the main recipes'."""
+    """The long tokenizer starts its discriminator later and keeps the loss its figures were measured
+    with (no spectrum term); the long prior keeps the larger model its figures were measured with and
+    its own sampling defaults; everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
@@ -100,7 +101,9 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
             for key in own:
                 del cfg[key]
             cfg.pop("tokenizer", None)
+            cfg.get("model", {}).pop("spectrum_weight", None)
         assert long_cfg == short_cfg
+    assert load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml").model.spectrum_weight == 0
 
 
 def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():
