@@ -82,16 +82,20 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 
 def test_the_long_recipes_are_the_main_recipes_with_more_steps():
-    """The long tokenizer starts its discriminator later and keeps the loss its figures were measured
-    with (no spectrum term); the long prior keeps the larger model its figures were measured with and
-    its own sampling defaults; everything else is the main recipes'."""
+    """The long tokenizer starts its discriminator later and keeps the loss, batch and codebook
+    schedule its figures were measured with (no spectrum term, batch 64); the long prior keeps the
+    larger model its figures were measured with and its own sampling defaults; everything else is
+    the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
-    for cls, main, long, steps, own in [
+    measured_with = {"model": ["spectrum_weight", "vq_ema_decay", "vq_restart_every"],
+                     "train": ["batch_size", "warmup_steps", "eval_every", "checkpoint_every", "log_every"]}
+    for cls, main, long, steps, own, kept in [
         (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000,
-         ["adversarial"]),
-        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, ["model", "sampling"]),
+         ["adversarial"], measured_with),
+        (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, ["model", "sampling"],
+         {}),
     ]:
         short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
         assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
@@ -101,9 +105,12 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
             for key in own:
                 del cfg[key]
             cfg.pop("tokenizer", None)
-            cfg.get("model", {}).pop("spectrum_weight", None)
+            for section, keys in kept.items():
+                for key in keys:
+                    del cfg[section][key]
         assert long_cfg == short_cfg
-    assert load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml").model.spectrum_weight == 0
+    long_tokenizer = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
+    assert (long_tokenizer.model.spectrum_weight, long_tokenizer.train.batch_size) == (0, 64)
 
 
 def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():
