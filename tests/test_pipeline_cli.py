@@ -261,8 +261,8 @@ def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch
         main_job.run_stage("tokenizer", "stage1_tokenizer.train", recipe, run, overrides, "")
     assert "resume=latest" in calls[0] and "tokenizer: resuming from" in capsys.readouterr().out
     with pytest.raises(main_job.StageChanged) as info:
-        check("train.lr=0.001", "train.max_steps=700")
-    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 1000 -> 700" in str(info.value)
+        check("train.lr=0.001", "train.max_steps=1500")
+    assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 2000 -> 1500" in str(info.value)
     assert "model.image_size" not in str(info.value) and "--retrain-changed" in str(info.value)
     check("train.lr=0.001", replace=True)                                 # moved aside: a fresh start
     assert not run.exists() and list((out / "replaced").glob("*/tokenizer/checkpoints/latest"))
