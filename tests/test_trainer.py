@@ -255,6 +255,23 @@ def test_weight_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
         assert torch.equal(value, final[name])
 
 
+def test_weight_ema_averages_only_what_the_optimizer_trains():
+    from trainkit.ema import WeightEMA
+
+    live = torch.nn.Linear(2, 2)
+    live.bias.requires_grad_(False)            # kept by its own rule, as an EMA codebook is
+    ema = WeightEMA(live, decay=0.5)
+    with torch.no_grad():
+        live.weight.fill_(0.0), live.bias.fill_(0.0)
+    ema.update(live)                           # the first update copies
+    with torch.no_grad():
+        live.weight.fill_(2.0), live.bias.fill_(4.0)
+    ema.update(live)
+    averaged = ema.module(live)
+    assert torch.allclose(averaged.weight, torch.full((2, 2), 1.0))   # 0.5 * 0 + 0.5 * 2
+    assert torch.equal(averaged.bias, live.bias)                       # the live value, not 2.0
+
+
 def test_weight_ema_settings_are_checked(tmp_path):
     from trainkit.hub import CheckpointError
 

@@ -13,7 +13,10 @@ from .hub import CheckpointError, load_state_dict_strict, save_state_dict
 class WeightEMA:
     """An exponential moving average of a model's parameters (`torch.optim.swa_utils.AveragedModel`).
 
-    Buffers are not averaged: they are copied from the live model whenever the average is used.
+    Only what the optimizer trains is averaged. Buffers and parameters without gradients (kept
+    by their own update rule, such as an EMA codebook whose dead codes are restarted) are copied
+    from the live model whenever the average is used: averaging those would blend a restarted
+    code with the one it replaced.
     Every process updates its own copy (the parameters are identical across processes), and
     checkpoints store it as `ema.safetensors`.
     """
@@ -27,10 +30,13 @@ class WeightEMA:
         self.averaged.update_parameters(model)
 
     def module(self, live: torch.nn.Module) -> torch.nn.Module:
-        """The averaged model, with the live model's current buffers."""
+        """The averaged model, with the live model's current buffers and untrained parameters."""
         with torch.no_grad():
             for mine, theirs in zip(self.averaged.module.buffers(), live.buffers()):
                 mine.copy_(theirs)
+            for mine, theirs in zip(self.averaged.module.parameters(), live.parameters()):
+                if not theirs.requires_grad:
+                    mine.copy_(theirs)
         return self.averaged.module
 
     def save(self, directory: Path) -> None:
