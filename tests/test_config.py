@@ -81,11 +81,11 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
         load_config(TokenizerTrainConfig, tmp_path / "d.yaml")
 
 
-def test_the_long_recipes_are_the_main_recipes_with_more_steps():
+def test_the_long_recipes_are_the_main_recipes_on_more_images():
     """The long tokenizer starts its discriminator later and keeps the loss, batch and codebook
     schedule its figures were measured with (no spectrum term, batch 64); the long prior keeps the
-    larger model its figures were measured with and its own sampling defaults; everything else is
-    the main recipes'."""
+    larger model, batch and schedule its figures were measured with and its own sampling defaults;
+    everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
@@ -95,10 +95,12 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
         (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4000,
          ["adversarial"], measured_with),
         (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 3000, ["model", "sampling"],
-         {}),
+         {"train": measured_with["train"]}),
     ]:
         short_cfg, long_cfg = to_dict(load_config(cls, CONFIGS / main)), to_dict(load_config(cls, CONFIGS / long))
-        assert long_cfg["train"]["max_steps"] == steps > short_cfg["train"]["max_steps"]
+        assert long_cfg["train"]["max_steps"] == steps
+        images = [cfg["train"]["max_steps"] * cfg["train"]["batch_size"] for cfg in (long_cfg, short_cfg)]
+        assert images[0] > images[1]                       # the long recipe trains on more images
         assert long_cfg[own[0]] != short_cfg[own[0]]      # the discriminator's schedule, the prior's size
         for cfg in (short_cfg, long_cfg):
             del cfg["train"]["max_steps"], cfg["output_dir"]
@@ -111,6 +113,7 @@ def test_the_long_recipes_are_the_main_recipes_with_more_steps():
         assert long_cfg == short_cfg
     long_tokenizer = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
     assert (long_tokenizer.model.spectrum_weight, long_tokenizer.train.batch_size) == (0, 64)
+    assert load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml").train.batch_size == 64
 
 
 def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():
