@@ -113,7 +113,11 @@ def test_the_long_recipes_are_the_main_recipes_on_more_images():
         assert long_cfg == short_cfg
     long_tokenizer = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
     assert (long_tokenizer.model.spectrum_weight, long_tokenizer.train.batch_size) == (0, 64)
-    assert load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml").train.batch_size == 64
+    long_prior = load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml")
+    assert long_prior.train.batch_size == 64
+    # its own sampling defaults, none inherited from the main recipe's
+    assert to_dict(long_prior)["sampling"] == {"guidance_scale": 1.5, "guidance_schedule": "constant",
+                                               "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():
