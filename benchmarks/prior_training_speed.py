@@ -4,8 +4,8 @@ measured matrix-multiply peak that it reaches.
     python benchmarks/prior_training_speed.py [--config configs/prior/fashion_mnist.yaml] [key=value ...]
 
 The model, batch size and precision come from the prior recipe (1024 codes on a 7x7 grid, 10
-classes unless overridden). A step is forward + backward + AdamW update on random code grids,
-under bf16 autocast when the recipe says so. Training FLOPs per token are counted as
+classes unless overridden). A step is forward + backward + the update of the recipe's optimizer
+(`train.optimizer`) on random code grids, under bf16 autocast when the recipe says so. Training FLOPs per token are counted as
 6 x (non-embedding parameters) + 6 x layers x sequence length x hidden size (attention scores
 and values, forward and backward). The peak is the best of square matrix products (n = 512 ...
 2048) in the same dtype and thread count. Prints one JSON object with medians of `--repeats`.
@@ -28,6 +28,7 @@ from stage2_prior.model import ImagePrior  # noqa: E402
 from stage2_prior.train import PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision  # noqa: E402
+from trainkit.optim import build_optimizer  # noqa: E402
 
 from machine import matmul_peak_gflops  # noqa: E402  (this folder)
 
@@ -39,9 +40,11 @@ def training_flops_per_token(prior: ImagePrior) -> float:
     return 6 * non_embedding + 6 * cfg.num_hidden_layers * prior.layout.seq_len * cfg.hidden_size
 
 
-def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmup: int) -> list[float]:
+def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmup: int, optimizer: str
+               ) -> list[float]:
     layout = prior.layout
-    opt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+    opt = build_optimizer(optimizer, [{"params": list(prior.parameters()), "lr": 1e-4}], prior.hidden_matrices(),
+                          betas=(0.9, 0.99), ns_dtype=torch.bfloat16 if bf16 else torch.float32)   # as the trainer
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, layout.codebook_size, (batch_size, *layout.grid), generator=g)
     labels = torch.randint(0, max(layout.num_classes, 1), (batch_size,), generator=g) if layout.conditional else None
@@ -82,7 +85,7 @@ def main() -> None:
         "model": {"arch": cfg.model.arch, "hidden_size": cfg.model.hidden_size, "num_layers": cfg.model.num_layers,
                   "parameters": sum(p.numel() for p in prior.parameters()),
                   "training_flops_per_token": flops_token},
-        "batch_size": cfg.train.batch_size, "tokens_per_step": tokens_step,
+        "batch_size": cfg.train.batch_size, "optimizer": cfg.train.optimizer, "tokens_per_step": tokens_step,
         "precision": "bf16 autocast" if bf16 else "fp32",
         "torch": torch.__version__,
         "threads": {},
@@ -91,7 +94,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         peak = max(matmul_peak_gflops(dtype).values())
         step_s = statistics.median(
-            statistics.median(time_steps(prior, cfg.train.batch_size, bf16, args.steps, warmup=2))
+            statistics.median(time_steps(prior, cfg.train.batch_size, bf16, args.steps, warmup=2, optimizer=cfg.train.optimizer))
             for _ in range(args.repeats)
         )
         achieved = tokens_step * flops_token / step_s / 1e9

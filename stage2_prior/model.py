@@ -88,6 +88,13 @@ class ImagePrior(HubModel, nn.Module):
     def from_config(cls, config: PriorConfig, layout: TokenLayout) -> "ImagePrior":
         return cls(build_causal_lm(config, layout), layout)
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The transformer blocks' weight matrices (attention and MLP projections): what
+        `train.optimizer=muon` trains with Muon. Embeddings, output layer and norms are not among them."""
+        lm = self.lm.base_model
+        blocks = lm.layers if hasattr(lm, "layers") else lm.h      # llama, gpt2
+        return [p for p in blocks.parameters() if p.ndim == 2]
+
     def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None, drop_class_prob: float = 0.0,
                   generator: torch.Generator | None = None, validate: bool = True) -> torch.Tensor:
         """Token ids `[B, 1 + h*w]`; with `drop_class_prob`, classes are replaced by the null token."""

@@ -105,6 +105,9 @@ class PriorTask(TrainTask):
         """The transformer blocks of both architectures: the units `train.shard=fsdp` shards."""
         return ("LlamaDecoderLayer", "GPT2Block")
 
+    def hidden_matrices(self, module) -> list[torch.nn.Parameter]:
+        return module.hidden_matrices()
+
     def training_step(self, model, batch, step):
         codes, labels = batch
         loss = model(codes, labels if self.layout.conditional else None,     # checked once, in the token cache

@@ -85,3 +85,22 @@ def test_initial_weights_do_not_depend_on_whether_the_token_cache_was_built(digi
     built, reused = PriorTask(cfg), PriorTask(cfg)          # the first encodes the data, the second reads it back
     for (name, a), (_, b) in zip(built.model.state_dict().items(), reused.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_muon_takes_the_blocks_matrices_of_both_architectures():
+    """Muon's share of the prior: every 2-D weight inside the transformer blocks; the embeddings and
+    the output layer stay on AdamW."""
+    from stage2_prior.layout import TokenLayout
+    from stage2_prior.model import PriorConfig
+
+    layout = TokenLayout(32, (4, 4), 10)
+    for arch, per_block, kinds in [
+        ("llama", 7, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+        ("gpt2", 4, {"c_attn", "c_proj", "c_fc"}),          # attn.c_proj and mlp.c_proj
+    ]:
+        prior = ImagePrior.from_config(PriorConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2), layout)
+        hidden = {id(p) for p in prior.hidden_matrices()}
+        names = {name for name, p in prior.named_parameters() if id(p) in hidden}
+        assert len(names) == len(hidden) == 2 * per_block
+        assert {name.split(".")[-2] for name in names} == kinds
+        assert all(".layers." in name or ".h." in name for name in names)

@@ -331,6 +331,52 @@ def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path)
             assert torch.equal(value, expected[key]), (name, key)
 
 
+class MLPRegression(Regression):
+    """Regression through one hidden matrix, the one `train.optimizer=muon` trains with Muon."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+                                         torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def hidden_matrices(self, module):
+        return [module[2].weight]
+
+
+def test_muon_trains_the_hidden_matrices_and_resumes_exactly(tmp_path):
+    import shutil
+
+    full = tmp_path / "full"
+    run_training(MLPRegression(), loop(max_steps=20, lr=0.1, optimizer="muon"), full)
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    state = torch.load(ckpt.step_dir(full / "checkpoints", 10) / "optimizer.bin", weights_only=True)
+    muon, adamw = state["muon"]["state"], state["adamw"]["state"]
+    assert [sorted(s) for s in muon.values()] == [["momentum_buffer"]]     # the one hidden matrix
+    assert len(adamw) == 5 and all("exp_avg_sq" in s for s in adamw.values())   # the other weights and biases
+    adam_only = tmp_path / "adamw"
+    run_training(MLPRegression(), loop(max_steps=20, lr=0.1), adam_only)
+    assert not torch.equal(_weights(adam_only / "final" / "model.safetensors")["2.weight"],
+                           _weights(full / "final" / "model.safetensors")["2.weight"])
+
+    part = tmp_path / "part"
+    shutil.copytree(ckpt.step_dir(full / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
+    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    run_training(MLPRegression(), loop(max_steps=20, lr=0.1, optimizer="muon"), part, resume="latest")
+    for name, value in _weights(part / "final" / "model.safetensors").items():
+        assert torch.equal(value, _weights(full / "final" / "model.safetensors")[name]), name
+
+    with pytest.raises(ValueError, match="written with another train.optimizer"):
+        run_training(MLPRegression(), loop(max_steps=20, lr=0.1, optimizer="muon"), adam_only / "again",
+                     resume=str(ckpt.step_dir(adam_only / "checkpoints", 10)))
+    with pytest.raises(ValueError, match="names no hidden weight matrices"):
+        run_training(Regression(), loop(optimizer="muon"), tmp_path / "none")
+    with pytest.raises(ValueError, match="adamw or muon"):
+        loop(optimizer="sgd")
+
+
 def test_two_processes_train_both_parts_in_step(tmp_path):
     import sys
 
@@ -360,3 +406,26 @@ def test_running_means_average_each_scalar_over_the_micro_batches_that_logged_it
     means.add({"loss": torch.tensor(3.0), "critic_loss": torch.tensor(5.0)})   # a part that starts late
     assert means.pop() == {"loss": 2.0, "critic_loss": 5.0}
     assert means.pop() == {}
+
+
+def test_muon_with_bf16_newton_schulz_is_torchs_muon_and_fp32_stays_close():
+    from trainkit.optim import Muon
+
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 10), torch.randn(12, 5)]
+    runs = {}
+    for name, make in [("torch", lambda ps: torch.optim.Muon(ps, lr=0.02, adjust_lr_fn="match_rms_adamw")),
+                       ("bf16", lambda ps: Muon(ps, lr=0.02)),
+                       ("fp32", lambda ps: Muon(ps, lr=0.02, ns_dtype=torch.float32))]:
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = make(params)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1))
+            opt.step()
+        runs[name] = params
+    for ours, theirs in zip(runs["bf16"], runs["torch"]):
+        assert torch.equal(ours, theirs)
+    for ours, theirs, start in zip(runs["fp32"], runs["torch"], weights):
+        assert not torch.equal(ours, theirs)
+        torch.testing.assert_close(ours - start, theirs - start, rtol=0.05, atol=0.01)

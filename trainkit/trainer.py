@@ -40,6 +40,7 @@ from .devices import check_world_size, resolve_mixed_precision, use_channels_las
 from .ema import WeightEMA
 from .hub import CheckpointError, atomic_write_text, push_folder_to_hub
 from .images import save_grid
+from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    # "muon": Muon for the model's hidden weight matrices (`TrainTask.hidden_matrices`), AdamW for
+    # the rest at the same lr and weight decay (see `trainkit.optim`); other parts keep AdamW
+    optimizer: Literal["adamw", "muon"] = "adamw"
     grad_clip: float | None = 1.0
     ema_decay: float | None = None        # keep an exponential moving average of the weights (e.g. 0.999);
                                           # evaluations and the final model then use the averaged weights
@@ -78,6 +82,10 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self):
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.shard == "fsdp":
+            raise ValueError("train.optimizer=muon does not shard: use train.optimizer=adamw with train.shard=fsdp")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in (0, 1), e.g. 0.999 (or null for none); got {self.ema_decay}")
 
@@ -158,6 +166,11 @@ class TrainTask:
                 continue
             (decay if p.ndim >= 2 and "embed" not in name and "codebook" not in name else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def hidden_matrices(self, module: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The model's weight matrices between its input embedding and its output layer, which
+        `train.optimizer=muon` trains with Muon; none unless the task names them."""
+        return []
 
 
 def _keeping_rng(batches):
@@ -295,12 +308,17 @@ class Trainer:
         if cfg.shard == "fsdp":
             self._shard(parts)
         optimizers = []
+        # Muon's Newton-Schulz products run in bf16 only where the run's matrix products do
+        ns_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         for part in parts:
             if cfg.channels_last:
                 use_channels_last(part.module)
             decay = cfg.weight_decay if part.weight_decay is None else part.weight_decay
-            optimizers.append(torch.optim.AdamW(self.task.param_groups(part.module, decay), lr=0.0,
-                                                betas=tuple(part.betas or cfg.betas)))
+            main = part.name == MAIN_PART
+            optimizers.append(build_optimizer(cfg.optimizer if main else "adamw",
+                                              self.task.param_groups(part.module, decay),
+                                              self.task.hidden_matrices(part.module) if main else [],
+                                              betas=tuple(part.betas or cfg.betas), ns_dtype=ns_dtype))
         if cfg.shard == "fsdp":   # the model is sharded already; accelerate shards the data only
             modules, self.train_loader = [p.module for p in parts], accelerator.prepare(train_loader)
         else:
