@@ -84,13 +84,8 @@ class MuonAdamW(torch.optim.Optimizer):
     def state(self) -> ChainMap:
         return ChainMap(self.muon.state, self.adamw.state)
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.muon.step()
+        loss = self.muon.step(closure)      # the closure, if any, runs once
         self.adamw.step()
         return loss
 
