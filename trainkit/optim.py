@@ -28,8 +28,8 @@ def orthogonalise(matrix: torch.Tensor, coefficients: tuple[float, float, float]
 class Muon(torch.optim.Muon):
     """`torch.optim.Muon` (Nesterov momentum, quintic Newton-Schulz, decoupled weight decay; updates
     scaled to AdamW's RMS, 0.2 sqrt(max(rows, cols))) with the Newton-Schulz products in `ns_dtype`.
-    torch's own always uses bf16, which CPUs without bf16 matrix instructions (AVX2) emulate several
-    times slower than fp32; the trainer passes the run's precision. With `ns_dtype=torch.bfloat16`
+    torch's own always uses bf16, which CPUs without bf16 matrix instructions (AVX2) emulate, slower
+    than fp32; the trainer passes the run's precision. With `ns_dtype=torch.bfloat16`
     the steps are torch's, bit for bit. Its state is torch's (`momentum_buffer` per matrix)."""
 
     def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
