@@ -177,10 +177,11 @@ def stage_changed_message(name: str, run_dir: Path, lines: list[str], out: Path)
 
 
 def check_stage(name: str, run_dir: Path, config: dict, inputs: dict, ignore: tuple[str, ...], out: Path,
-                replace: bool, above: list[Path]) -> None:
-    """Raise `StageChanged` when the stage's earlier run differs from the one asked for; with
-    `replace`, move it and the outputs `above` it aside instead."""
-    lines = reuse.stage_changes(run_dir, config, inputs, has_run(run_dir), ignore)
+                replace: bool, above: list[Path], config_cls: type) -> None:
+    """Raise `StageChanged` when the stage's earlier run differs from the one asked for (settings
+    newer than the run count only away from their `config_cls` defaults); with `replace`, move it
+    and the outputs `above` it aside instead."""
+    lines = reuse.stage_changes(run_dir, config, inputs, has_run(run_dir), ignore, to_dict(config_cls()))
     if not lines:
         return
     if not replace:
@@ -344,14 +345,14 @@ def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict:
     config = resolve_stage_config(TokenizerTrainConfig, args.tokenizer_config,
                                   stage_arguments(tokenizer_run, tokenizer_overrides))
     check_stage("tokenizer", tokenizer_run, config, {}, (*reuse.IGNORED_KEYS, *TOKENIZER_DERIVED_KEYS), paths.out,
-                args.retrain_changed, [prior_run, *paths.derived()])
+                args.retrain_changed, [prior_run, *paths.derived()], TokenizerTrainConfig)
     run_stage("tokenizer", "stage1_tokenizer.train", args.tokenizer_config, tokenizer_run, tokenizer_overrides,
               args.launch_args)
     config = resolve_stage_config(PriorTrainConfig, args.prior_config, stage_arguments(prior_run, prior_overrides))
     tokenizer_weights = reuse.file_sha256(tokenizer_run / "final" / "model.safetensors")
     inputs = {TOKENIZER_WEIGHTS_KEY: tokenizer_weights}
     check_stage("prior", prior_run, config, inputs, (*reuse.IGNORED_KEYS, *RESERVED_KEYS, *PRIOR_ASSEMBLY_KEYS),
-                paths.out, args.retrain_changed, paths.derived())
+                paths.out, args.retrain_changed, paths.derived(), PriorTrainConfig)
     prior_run.mkdir(parents=True, exist_ok=True)
     reuse.write_json(prior_run / reuse.STAGE_INPUTS_NAME, inputs)
     run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)

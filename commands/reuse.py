@@ -38,11 +38,16 @@ def _ignored(key: str, ignore: Sequence[str]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in ignore)
 
 
-def changes(recorded: dict, wanted: dict, ignore: Sequence[str] = ()) -> list[str]:
-    """The differing keys of two flat dicts as `key: old -> new` lines (`(absent)` for a missing key)."""
+def changes(recorded: dict, wanted: dict, ignore: Sequence[str] = (), defaults: dict | None = None) -> list[str]:
+    """The differing keys of two flat dicts as `key: old -> new` lines (`(absent)` for a missing key).
+    A key the recorded run does not have, wanted at its value in `defaults`, is no change: the run
+    predates the setting, whose default keeps what the run did."""
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(recorded) | set(wanted)):
         if _ignored(key, ignore):
+            continue
+        if key not in recorded and key in defaults and wanted.get(key) == defaults[key]:
             continue
         old, new = recorded.get(key, "(absent)"), wanted.get(key, "(absent)")
         if old != new:
@@ -73,17 +78,20 @@ def tree_fingerprint(root: Path, names: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def stage_changes(run_dir: Path, config: dict, inputs: dict, has_run: bool, ignore: Sequence[str]) -> list[str]:
+def stage_changes(run_dir: Path, config: dict, inputs: dict, has_run: bool, ignore: Sequence[str],
+                  defaults: dict | None = None) -> list[str]:
     """What differs between a stage's earlier run in `run_dir` and the run now asked for
-    (`config` resolved as the training command will, `inputs` beyond the configuration);
-    empty when there is no earlier run (`has_run` False) or nothing differs."""
+    (`config` resolved as the training command will, `inputs` beyond the configuration, `defaults`
+    the configuration class's own); empty when there is no earlier run (`has_run` False) or
+    nothing differs."""
     if not has_run:
         return []
     recorded = read_json(run_dir / RUN_CONFIG_NAME)
     if recorded is None:
         return [f"{RUN_CONFIG_NAME}: missing or unreadable, so the run's settings are unknown"]
     recorded_inputs = read_json(run_dir / STAGE_INPUTS_NAME) or {}
-    return changes({**flatten(recorded), **recorded_inputs}, {**flatten(config), **inputs}, ignore)
+    return changes({**flatten(recorded), **recorded_inputs}, {**flatten(config), **inputs}, ignore,
+                   flatten(defaults or {}))
 
 
 def settings_match(record: Path, settings: dict) -> bool:

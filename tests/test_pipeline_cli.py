@@ -251,7 +251,7 @@ def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch
     def check(*extra: str, replace: bool = False) -> None:
         wanted = main_job.resolve_stage_config(TokenizerTrainConfig, recipe,
                                                main_job.stage_arguments(run, [*overrides, *extra]))
-        main_job.check_stage("tokenizer", run, wanted, {}, ignore, out, replace, [out / "prior"])
+        main_job.check_stage("tokenizer", run, wanted, {}, ignore, out, replace, [out / "prior"], TokenizerTrainConfig)
 
     check("train.progress_bar=false", "train.log_every=1")                # nothing that matters changed
     calls = []
@@ -264,6 +264,11 @@ def test_a_killed_stage_resumes_only_with_its_own_settings(tmp_path, monkeypatch
         check("train.lr=0.001", "train.max_steps=1500")
     assert "train.lr: 0.003 -> 0.001" in str(info.value) and "train.max_steps: 2000 -> 1500" in str(info.value)
     assert "model.image_size" not in str(info.value) and "--retrain-changed" in str(info.value)
+    del recorded["train"]["optimizer"]                                   # a run from before the setting existed:
+    (run / "run_config.json").write_text(json.dumps(recorded))
+    check()                                                               # its default is what that run did
+    with pytest.raises(main_job.StageChanged, match=r'train.optimizer: "\(absent\)" -> "muon"'):
+        check("train.optimizer=muon")
     check("train.lr=0.001", replace=True)                                 # moved aside: a fresh start
     assert not run.exists() and list((out / "replaced").glob("*/tokenizer/checkpoints/latest"))
 
