@@ -5,8 +5,8 @@ measured matrix-multiply peak that it reaches.
 
 The model, batch size and precision come from the prior recipe (1024 codes on a 7x7 grid, 10
 classes unless overridden). A step is forward + backward + the update of the recipe's optimizer
-(`train.optimizer`) on random code grids, under bf16 autocast when the recipe says so. Training FLOPs per token are counted as
-6 x (non-embedding parameters) + 6 x layers x sequence length x hidden size (attention scores
+(`train.optimizer`) on random code grids, under bf16 autocast when the recipe says so. Training
+FLOPs per token are counted as 6 x (non-embedding parameters) + 6 x layers x sequence length x hidden size (attention scores
 and values, forward and backward). The peak is the best of square matrix products (n = 512 ...
 2048) in the same dtype and thread count. Prints one JSON object with medians of `--repeats`.
 """
@@ -94,7 +94,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         peak = max(matmul_peak_gflops(dtype).values())
         step_s = statistics.median(
-            statistics.median(time_steps(prior, cfg.train.batch_size, bf16, args.steps, warmup=2, optimizer=cfg.train.optimizer))
+            statistics.median(time_steps(prior, cfg.train.batch_size, bf16, args.steps, warmup=2,
+                                         optimizer=cfg.train.optimizer))
             for _ in range(args.repeats)
         )
         achieved = tokens_step * flops_token / step_s / 1e9
