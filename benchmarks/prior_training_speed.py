@@ -6,9 +6,10 @@ measured matrix-multiply peak that it reaches.
 The model, batch size and precision come from the prior recipe (1024 codes on a 7x7 grid, 10
 classes unless overridden). A step is forward + backward + the update of the recipe's optimizer
 (`train.optimizer`) on random code grids, under bf16 autocast when the recipe says so. Training
-FLOPs per token are counted as 6 x (non-embedding parameters) + 6 x layers x sequence length x hidden size (attention scores
-and values, forward and backward). The peak is the best of square matrix products (n = 512 ...
-2048) in the same dtype and thread count. Prints one JSON object with medians of `--repeats`.
+FLOPs per token are counted as 6 x (non-embedding parameters) + 6 x layers x sequence length x
+hidden size (attention scores and values, forward and backward). The peak is the best of square
+matrix products (n = 512 ... 2048) in the same dtype and thread count. Prints one JSON object
+with medians of `--repeats`.
 """
 
 from __future__ import annotations
