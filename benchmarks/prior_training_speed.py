@@ -45,7 +45,7 @@ def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmu
                ) -> list[float]:
     layout = prior.layout
     opt = build_optimizer(optimizer, [{"params": list(prior.parameters()), "lr": 1e-4}], prior.hidden_matrices(),
-                          betas=(0.9, 0.99), ns_dtype=torch.bfloat16 if bf16 else torch.float32)   # as the trainer
+                          betas=(0.9, 0.99), mixed_precision="bf16" if bf16 else "no")
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, layout.codebook_size, (batch_size, *layout.grid), generator=g)
     labels = torch.randint(0, max(layout.num_classes, 1), (batch_size,), generator=g) if layout.conditional else None

@@ -71,6 +71,10 @@ def build_causal_lm(config: PriorConfig, layout: TokenLayout):
     return GPT2LMHeadModel(hf)
 
 
+# The repeated transformer block of each architecture (FSDP's units, Muon's matrices)
+BLOCK_CLASSES = ("LlamaDecoderLayer", "GPT2Block")
+
+
 class ImagePrior(HubModel, nn.Module):
     """Causal LM + `TokenLayout`. `forward(codes, labels)` gives the NLL of the image tokens."""
 
@@ -91,9 +95,7 @@ class ImagePrior(HubModel, nn.Module):
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The transformer blocks' weight matrices (attention and MLP projections): what
         `train.optimizer=muon` trains with Muon. Embeddings, output layer and norms are not among them."""
-        lm = self.lm.base_model
-        blocks = lm.layers if hasattr(lm, "layers") else lm.h      # llama, gpt2
-        return [p for p in blocks.parameters() if p.ndim == 2]
+        return [p for m in self.modules() if type(m).__name__ in BLOCK_CLASSES for p in m.parameters() if p.ndim == 2]
 
     def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None, drop_class_prob: float = 0.0,
                   generator: torch.Generator | None = None, validate: bool = True) -> torch.Tensor:

@@ -25,7 +25,7 @@ from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_comma
 
 from .evaluate import bits_per_token
 from .layout import TokenLayout
-from .model import ImagePrior, PriorConfig
+from .model import BLOCK_CLASSES, ImagePrior, PriorConfig
 from .options import SamplingOptions
 from .sampling import sample_codes
 from .tokens import build_token_splits
@@ -103,7 +103,7 @@ class PriorTask(TrainTask):
 
     def shard_blocks(self) -> tuple[str, ...]:
         """The transformer blocks of both architectures: the units `train.shard=fsdp` shards."""
-        return ("LlamaDecoderLayer", "GPT2Block")
+        return BLOCK_CLASSES
 
     def hidden_matrices(self, module) -> list[torch.nn.Parameter]:
         return module.hidden_matrices()

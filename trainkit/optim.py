@@ -111,9 +111,10 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(kind: str, groups: list[dict], hidden: list[torch.nn.Parameter],
-                    betas: tuple[float, float], ns_dtype: torch.dtype = torch.bfloat16) -> torch.optim.Optimizer:
+                    betas: tuple[float, float], mixed_precision: str) -> torch.optim.Optimizer:
     """`kind` "adamw": AdamW over `groups`. "muon": Muon over the `hidden` matrices (taken out of
-    `groups`, keeping their group's weight decay; Newton-Schulz in `ns_dtype`), AdamW over the rest."""
+    `groups`, keeping their group's weight decay), AdamW over the rest. Muon's Newton-Schulz
+    products run in bf16 only where the run's matrix products do (`mixed_precision` "bf16")."""
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=0.0, betas=betas)
     if kind != "muon":
@@ -134,4 +135,5 @@ def build_optimizer(kind: str, groups: list[dict], hidden: list[torch.nn.Paramet
             adamw_groups.append({**group, "params": outside})
     if sum(len(g["params"]) for g in muon_groups) != len(ids):
         raise ValueError("train.optimizer=muon: a hidden matrix is not among the parameters the model trains")
-    return MuonAdamW(muon_groups, adamw_groups, betas, ns_dtype)
+    return MuonAdamW(muon_groups, adamw_groups, betas,
+                     torch.bfloat16 if mixed_precision == "bf16" else torch.float32)

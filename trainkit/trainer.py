@@ -308,8 +308,6 @@ class Trainer:
         if cfg.shard == "fsdp":
             self._shard(parts)
         optimizers = []
-        # Muon's Newton-Schulz products run in bf16 only where the run's matrix products do
-        ns_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         for part in parts:
             if cfg.channels_last:
                 use_channels_last(part.module)
@@ -318,7 +316,8 @@ class Trainer:
             optimizers.append(build_optimizer(cfg.optimizer if main else "adamw",
                                               self.task.param_groups(part.module, decay),
                                               self.task.hidden_matrices(part.module) if main else [],
-                                              betas=tuple(part.betas or cfg.betas), ns_dtype=ns_dtype))
+                                              betas=tuple(part.betas or cfg.betas),
+                                              mixed_precision=accelerator.mixed_precision))
         if cfg.shard == "fsdp":   # the model is sharded already; accelerate shards the data only
             modules, self.train_loader = [p.module for p in parts], accelerator.prepare(train_loader)
         else:
