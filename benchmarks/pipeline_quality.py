@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 
 from evalkit.evaluate import evaluate_pipeline  # noqa: E402
+from machine import machine_kind  # noqa: E402  (this folder)
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     common = dict(batch_size=args.batch_size, seed=0, cache_dir=args.cache_dir, progress=False)
-    result = {"pipeline": args.pipeline, "threads": args.threads, "runs": {}}
+    result = {"pipeline": args.pipeline, "machine_kind": machine_kind(), "threads": args.threads, "runs": {}}
     runs = {
         "guided": dict(num_samples=args.num_samples, reference_size=args.num_samples,
                        metrics=["fid", "is", "pr", "accuracy", "nll"], token_cache_dir=args.token_cache_dir),

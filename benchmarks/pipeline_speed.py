@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
 
+from machine import machine_kind  # noqa: E402  (this folder)
 from pipelines import Pipeline  # noqa: E402
 
 
@@ -33,7 +34,8 @@ def main() -> None:
     pipe = Pipeline.from_pretrained(args.pipeline)
     labels = [i % pipe.num_classes for i in range(args.num_images)] if pipe.conditional else None
     scales = {"guided": pipe.default_guidance_scale, "unguided": 1.0} if pipe.conditional else {"unguided": 1.0}
-    result = {"pipeline": args.pipeline, "num_images": args.num_images, "torch": torch.__version__, "runs": {}}
+    result = {"pipeline": args.pipeline, "machine_kind": machine_kind(), "num_images": args.num_images,
+              "torch": torch.__version__, "runs": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, scale in scales.items():

@@ -8,8 +8,9 @@ classes unless overridden). A step is forward + backward + the update of the rec
 (`train.optimizer`) on random code grids, under bf16 autocast when the recipe says so. Training
 FLOPs per token are counted as 6 x (non-embedding parameters) + 6 x layers x sequence length x
 hidden size (attention scores and values, forward and backward). The peak is the best of square
-matrix products (n = 512 ... 2048) in the same dtype and thread count. Prints one JSON object
-with medians of `--repeats`.
+matrix products (n = 512 ... 2048) in the same dtype and thread count. With `--compile` the
+step's forward also runs under `torch.compile`, timed after its compile (reported apart). Prints
+one JSON object with medians of `--repeats` and the machine kind.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision  # noqa: E402
 from trainkit.optim import build_optimizer  # noqa: E402
 
-from machine import matmul_peak_gflops  # noqa: E402  (this folder)
+from machine import machine_kind, matmul_peak_gflops  # noqa: E402  (this folder)
 
 
 def training_flops_per_token(prior: ImagePrior) -> float:
@@ -41,9 +42,12 @@ def training_flops_per_token(prior: ImagePrior) -> float:
     return 6 * non_embedding + 6 * cfg.num_hidden_layers * prior.layout.seq_len * cfg.hidden_size
 
 
-def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmup: int, optimizer: str
-               ) -> list[float]:
+def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmup: int, optimizer: str,
+               forward=None) -> list[float]:
+    """Seconds of each of `steps` optimizer steps after `warmup` ones; `forward` (default: the
+    prior itself) computes the loss, e.g. a compiled prior."""
     layout = prior.layout
+    forward = forward or prior
     opt = build_optimizer(optimizer, [{"params": list(prior.parameters()), "lr": 1e-4}], prior.hidden_matrices(),
                           betas=(0.9, 0.99), mixed_precision="bf16" if bf16 else "no")
     g = torch.Generator().manual_seed(0)
@@ -53,7 +57,7 @@ def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmu
     for i in range(warmup + steps):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = prior(codes, labels, drop_class_prob=0.1)
+            loss = forward(codes, labels, drop_class_prob=0.1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = parser.parse_args()
 
@@ -83,6 +88,7 @@ def main() -> None:
     flops_token = training_flops_per_token(prior)
     tokens_step = cfg.train.batch_size * layout.num_image_tokens
     result = {
+        "machine_kind": machine_kind(),
         "model": {"arch": cfg.model.arch, "hidden_size": cfg.model.hidden_size, "num_layers": cfg.model.num_layers,
                   "parameters": sum(p.numel() for p in prior.parameters()),
                   "training_flops_per_token": flops_token},
@@ -91,22 +97,27 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": {},
     }
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        peak = max(matmul_peak_gflops(dtype).values())
+    compiled = torch.compile(prior) if args.compile else None
+
+    def timing(forward=None) -> dict:
         step_s = statistics.median(
             statistics.median(time_steps(prior, cfg.train.batch_size, bf16, args.steps, warmup=2,
-                                         optimizer=cfg.train.optimizer))
+                                         optimizer=cfg.train.optimizer, forward=forward))
             for _ in range(args.repeats)
         )
         achieved = tokens_step * flops_token / step_s / 1e9
-        result["threads"][str(threads)] = {
-            "step_seconds": step_s,
-            "tokens_per_second": tokens_step / step_s,
-            "achieved_gflops": achieved,
-            f"matmul_peak_gflops_{'bf16' if bf16 else 'fp32'}": peak,
-            "fraction_of_peak": achieved / peak,
-        }
+        return {"step_seconds": step_s, "tokens_per_second": tokens_step / step_s, "achieved_gflops": achieved,
+                "fraction_of_peak": achieved / peak}
+
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        peak = max(matmul_peak_gflops(dtype).values())
+        row = {**timing(), f"matmul_peak_gflops_{'bf16' if bf16 else 'fp32'}": peak}
+        if compiled is not None:
+            first = time_steps(prior, cfg.train.batch_size, bf16, 1, warmup=0, optimizer=cfg.train.optimizer,
+                               forward=compiled)[0]
+            row["compiled"] = {"first_step_seconds_incl_compile": first, **timing(compiled)}
+        result["threads"][str(threads)] = row
     print(json.dumps(result, indent=2))
 
 

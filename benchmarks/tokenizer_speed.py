@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from machine import machine_kind  # noqa: E402  (this folder)
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig  # noqa: E402
 from stage1_tokenizer.quantizers import VectorQuantizer  # noqa: E402
 from trainkit.data import DataConfig, ImageData  # noqa: E402
@@ -59,7 +60,8 @@ def main() -> None:
     test = ImageData(DataConfig(dataset="fashion_mnist", channels=cfg.in_channels),
                      downsample_factor=cfg.downsample_factor).split("test")
     images = test.get_batch(range(len(test)))[0]
-    report: dict = {"benchmark": "tokenizer_speed", "model": args.model, "num_images": len(images),
+    report: dict = {"benchmark": "tokenizer_speed", "machine_kind": machine_kind(), "model": args.model,
+                    "num_images": len(images),
                     "batch_size": args.batch_size, "encode_decode": {}, "quantizer": {}}
 
     def encode_decode(autocast: bool):
