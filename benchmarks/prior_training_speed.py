@@ -47,7 +47,7 @@ def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmu
     """Seconds of each of `steps` optimizer steps after `warmup` ones; `forward` (default: the
     prior itself) computes the loss, e.g. a compiled prior."""
     layout = prior.layout
-    forward = forward or prior
+    forward = prior if forward is None else forward
     opt = build_optimizer(optimizer, [{"params": list(prior.parameters()), "lr": 1e-4}], prior.hidden_matrices(),
                           betas=(0.9, 0.99), mixed_precision="bf16" if bf16 else "no")
     g = torch.Generator().manual_seed(0)
