@@ -84,14 +84,14 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     """The long tokenizer is the main one trained 4x the steps, its discriminator's schedule and
-    its checkpoints scaled with them; the long prior is a larger model trained 1.5x the steps, with
+    its checkpoints scaled with them, with its own dead-code threshold; the long prior is a larger model trained 1.5x the steps, with
     its own sampling defaults; everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
     for cls, main, long, scale, own in [
         (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml", 4,
-         {"adversarial": None, "train": ["eval_every", "checkpoint_every"]}),
+         {"adversarial": None, "train": ["eval_every", "checkpoint_every"], "model": ["vq_restart_threshold"]}),
         (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml", 1.5,
          {"model": None, "sampling": None}),
     ]:
@@ -104,6 +104,8 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
                 for key in keys or list(cfg[section]):
                     del cfg[section][key]
         assert long_cfg == short_cfg
+    long_tokenizer = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
+    assert long_tokenizer.model.vq_restart_threshold == 0.25
     long_prior = load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml")
     assert (long_prior.model.num_layers, long_prior.model.hidden_size) == (8, 256)
     # its own sampling defaults, all named in its file: none passes over from the main recipe's
