@@ -24,7 +24,7 @@ def read_metrics(out: Path) -> list[dict]:
 
 def test_short_conditional_run_nll_falls(digits_parquet, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "prior"
-    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=60"))
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=60", "train.compile=true"))
     evals = [r for r in read_metrics(out) if "val/bits_per_token" in r]
     assert [r["step"] for r in evals] == [20, 40, 60]
     assert evals[-1]["val/bits_per_token"] < evals[0]["val/bits_per_token"]

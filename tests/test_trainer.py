@@ -377,6 +377,44 @@ def test_muon_trains_the_hidden_matrices_and_resumes_exactly(tmp_path):
         loop(optimizer="sgd")
 
 
+class ModuleRecordingMLP(MLPRegression):
+    """Records the type of module each training step and each evaluation is handed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stepped, self.evaluated = set(), set()
+
+    def training_step(self, model, batch, step):
+        self.stepped.add(type(model).__name__)
+        return super().training_step(model, batch, step)
+
+    def evaluate(self, model, loader, accelerator, step):
+        self.evaluated.add(type(model).__name__)
+        return super().evaluate(model, loader, accelerator, step)
+
+
+def test_compiled_steps_train_the_same_model_and_share_its_checkpoints(tmp_path):
+    import shutil
+
+    compiled, eager = ModuleRecordingMLP(), ModuleRecordingMLP()
+    run_training(compiled, loop(max_steps=20, lr=0.1, compile=True), tmp_path / "compiled")
+    run_training(eager, loop(max_steps=20, lr=0.1), tmp_path / "eager")
+    assert compiled.stepped == {"OptimizedModule"} and eager.stepped == {"Sequential"}
+    assert compiled.evaluated == eager.evaluated == {"Sequential"}       # evaluation runs the model itself
+    final = _weights(tmp_path / "compiled" / "final" / "model.safetensors")
+    for name, value in _weights(tmp_path / "eager" / "final" / "model.safetensors").items():
+        torch.testing.assert_close(final[name], value, atol=1e-5, rtol=1e-4, msg=name)   # same keys, same model
+
+    part = tmp_path / "part"             # a compiled run's checkpoint resumes without compile
+    shutil.copytree(ckpt.step_dir(tmp_path / "compiled" / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
+    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    run_training(ModuleRecordingMLP(), loop(max_steps=20, lr=0.1), part, resume="latest")
+    for name, value in _weights(part / "final" / "model.safetensors").items():
+        torch.testing.assert_close(value, final[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="train.compile does not combine with train.shard=fsdp"):
+        loop(compile=True, shard="fsdp")
+
+
 def test_two_processes_train_both_parts_in_step(tmp_path):
     import sys
 

@@ -69,6 +69,9 @@ class TrainConfig:
     # None: as `accelerate launch` says; "auto": bf16 where it is faster than fp32 (see `resolve_mixed_precision`)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = None
     channels_last: bool = False           # convolutional models: NHWC weights and activations (see `use_channels_last`)
+    # the training steps call the main model through `torch.compile` (evaluation, checkpoints and the
+    # final model use the model itself, whose weights the compiled module shares)
+    compile: bool = False
     # None: data-parallel (DDP, a full model per process); "fsdp": shard the model, its gradients and
     # optimizer state over the processes (torch's FSDP2, on the blocks the task names: `TrainTask.shard_blocks`)
     shard: Literal["fsdp"] | None = None
@@ -86,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.optimizer == "muon" and self.shard == "fsdp":
             raise ValueError("train.optimizer=muon does not shard: use train.optimizer=adamw with train.shard=fsdp")
+        if self.compile and self.shard == "fsdp":
+            raise ValueError("train.compile does not combine with train.shard=fsdp: set train.compile=false")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in (0, 1), e.g. 0.999 (or null for none); got {self.ema_decay}")
 
@@ -330,6 +335,7 @@ class Trainer:
             for part in self.parts.values():
                 part.backward_kwargs = {"inputs": [p for p in part.module.parameters() if p.requires_grad]}
         self.model = self.parts[MAIN_PART].module
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model   # what the steps call
 
         self.ema = WeightEMA(accelerator.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
         resume_from = ckpt.find_checkpoint(self.output_dir, self.resume) if self.resume else None
@@ -444,7 +450,7 @@ class Trainer:
         accelerator, step = self.accelerator, self.state.step
         extra = {name: p.module for name, p in self.parts.items() if name != MAIN_PART}
         with accelerator.accumulate(*self._modules()):
-            losses, logs = self.task.training_step(self.model, batch, step, **extra)
+            losses, logs = self.task.training_step(self.step_model, batch, step, **extra)
             if isinstance(losses, torch.Tensor):
                 losses = {MAIN_PART: losses}
             unknown = sorted(set(losses) - set(self.parts))
