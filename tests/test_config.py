@@ -84,8 +84,9 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     """The long tokenizer is the main one trained 4x the steps, its discriminator's schedule and
-    its checkpoints scaled with them, with its own dead-code threshold; the long prior is a larger model trained 1.5x the steps, with
-    its own sampling defaults; everything else is the main recipes'."""
+    its checkpoints scaled with them, with its own dead-code threshold; the long prior is a larger
+    model trained 1.5x the steps, with its own sampling defaults; everything else is the main
+    recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
