@@ -118,8 +118,6 @@ def test_auto_mixed_precision_trains(tmp_path):
 
 
 def test_channels_last_trains_checkpoints_and_resumes(tmp_path):
-    import shutil
-
     settings = dict(max_steps=20, lr=0.05, channels_last=True)
     task = ConvRegression()
     run_training(task, loop(**settings), tmp_path / "nhwc")
@@ -131,9 +129,7 @@ def test_channels_last_trains_checkpoints_and_resumes(tmp_path):
     for name, value in _weights(tmp_path / "plain" / "final" / "model.safetensors").items():
         assert torch.allclose(final[name], value, atol=1e-5)              # only the memory layout differed
 
-    part = tmp_path / "part"
-    shutil.copytree(ckpt.step_dir(tmp_path / "nhwc" / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
-    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    part = _run_stopped_at(tmp_path / "nhwc", 10, tmp_path / "part")
     resumed = ConvRegression()
     run_training(resumed, loop(**settings), part, resume="latest")
     assert resumed.channels_last_seen == [True] * 10
@@ -233,9 +229,18 @@ def _weights(path):
     return load_file(str(path))
 
 
-def test_weight_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
+def _run_stopped_at(run, step, directory):
+    """A new run directory holding only `run`'s checkpoint of `step`, as `latest`: what a run
+    killed after that checkpoint leaves behind."""
     import shutil
 
+    source = ckpt.step_dir(run / "checkpoints", step)
+    shutil.copytree(source, ckpt.step_dir(directory / "checkpoints", step))
+    (directory / "checkpoints" / "latest").write_text(source.name + "\n")
+    return directory
+
+
+def test_weight_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
     full = tmp_path / "full"
     run_training(Regression(), loop(max_steps=20, ema_decay=0.9), full)
     step20 = ckpt.step_dir(full / "checkpoints", 20)
@@ -247,9 +252,7 @@ def test_weight_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
     assert not torch.allclose(final["weight"], live["weight"])   # ... not the last weights
 
     # Resume from step 10 in a fresh output dir: the average continues exactly.
-    part = tmp_path / "part"
-    shutil.copytree(ckpt.step_dir(full / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
-    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    part = _run_stopped_at(full, 10, tmp_path / "part")
     run_training(Regression(), loop(max_steps=20, ema_decay=0.9), part, resume="latest")
     for name, value in _weights(part / "final" / "model.safetensors").items():
         assert torch.equal(value, final[name])
@@ -306,8 +309,6 @@ class Adversary(Regression):
 
 
 def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path):
-    import shutil
-
     settings = dict(max_steps=6, checkpoint_every=1, keep_checkpoints=10, log_every=1)
     full = tmp_path / "full"
     run_training(Adversary(), loop(**settings), full)
@@ -321,9 +322,7 @@ def test_a_second_part_has_its_own_optimizer_schedule_and_exact_resume(tmp_path)
     assert rows[3]["train/critic_weight"] == 0.0 and rows[4]["train/critic_weight"] == pytest.approx(first, rel=1e-4)
     assert all("train/critic_loss" in r for r in rows[:6])
 
-    part = tmp_path / "part"
-    shutil.copytree(ckpt.step_dir(full / "checkpoints", 4), ckpt.step_dir(part / "checkpoints", 4))
-    (part / "checkpoints" / "latest").write_text("step-0000004\n")
+    part = _run_stopped_at(full, 4, tmp_path / "part")
     run_training(Adversary(), loop(**settings), part, resume="latest")
     for name in ("model.safetensors", "model_1.safetensors"):
         expected = _weights(ckpt.step_dir(full / "checkpoints", 6) / name)
@@ -345,8 +344,6 @@ class MLPRegression(Regression):
 
 
 def test_muon_trains_the_hidden_matrices_and_resumes_exactly(tmp_path):
-    import shutil
-
     full = tmp_path / "full"
     run_training(MLPRegression(), loop(max_steps=20, lr=0.1, optimizer="muon"), full)
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -361,9 +358,7 @@ def test_muon_trains_the_hidden_matrices_and_resumes_exactly(tmp_path):
     assert not torch.equal(_weights(adam_only / "final" / "model.safetensors")["2.weight"],
                            _weights(full / "final" / "model.safetensors")["2.weight"])
 
-    part = tmp_path / "part"
-    shutil.copytree(ckpt.step_dir(full / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
-    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    part = _run_stopped_at(full, 10, tmp_path / "part")
     run_training(MLPRegression(), loop(max_steps=20, lr=0.1, optimizer="muon"), part, resume="latest")
     for name, value in _weights(part / "final" / "model.safetensors").items():
         assert torch.equal(value, _weights(full / "final" / "model.safetensors")[name]), name
@@ -394,8 +389,6 @@ class ModuleRecordingMLP(MLPRegression):
 
 
 def test_compiled_steps_train_the_same_model_and_share_its_checkpoints(tmp_path):
-    import shutil
-
     compiled, eager = ModuleRecordingMLP(), ModuleRecordingMLP()
     run_training(compiled, loop(max_steps=20, lr=0.1, compile=True), tmp_path / "compiled")
     run_training(eager, loop(max_steps=20, lr=0.1), tmp_path / "eager")
@@ -405,9 +398,7 @@ def test_compiled_steps_train_the_same_model_and_share_its_checkpoints(tmp_path)
     for name, value in _weights(tmp_path / "eager" / "final" / "model.safetensors").items():
         torch.testing.assert_close(final[name], value, atol=1e-5, rtol=1e-4, msg=name)   # same keys, same model
 
-    part = tmp_path / "part"             # a compiled run's checkpoint resumes without compile
-    shutil.copytree(ckpt.step_dir(tmp_path / "compiled" / "checkpoints", 10), ckpt.step_dir(part / "checkpoints", 10))
-    (part / "checkpoints" / "latest").write_text("step-0000010\n")
+    part = _run_stopped_at(tmp_path / "compiled", 10, tmp_path / "part")             # a compiled run's checkpoint resumes without compile
     run_training(ModuleRecordingMLP(), loop(max_steps=20, lr=0.1), part, resume="latest")
     for name, value in _weights(part / "final" / "model.safetensors").items():
         torch.testing.assert_close(value, final[name], atol=1e-5, rtol=1e-4, msg=name)
