@@ -224,16 +224,12 @@ class VectorQuantizer(nn.Module):
         cfg = self.config
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = self._lookup_space(z)
-            if self.training and not self._is_initialized():
-                self._kmeans_init(flat.detach())
-                self._host_initialized = True
+            if self.training:
+                self._init_codebook(flat.detach())
             codes = self.nearest(flat.detach())
-            restarted = 0
+            restarted = torch.zeros((), device=z.device)
             if self.training and cfg.vq_ema:
-                self._ema_update(flat.detach(), codes)
-                steps = self._count_step()
-                if cfg.vq_restart_every and steps % cfg.vq_restart_every == 0:
-                    restarted = self._restart_dead_codes(flat.detach())
+                restarted = self._update_codebook(flat.detach(), codes)
             codebook = self._codebook()
             e = codebook[codes]
             commitment = F.mse_loss(flat, e.detach())
@@ -244,13 +240,31 @@ class VectorQuantizer(nn.Module):
             quantized = self.proj_out(st).reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
             counts = torch.bincount(codes, minlength=cfg.codebook_size)
         stats = {"commitment": commitment.detach(), "batch_perplexity": code_perplexity(counts),
-                 "restarted": float(restarted)}
+                 "restarted": restarted}
         return QuantizerOutput(quantized, codes.reshape(B, h, w), loss, stats)
 
-    def _is_initialized(self) -> bool:
+    # The codebook's bookkeeping runs eagerly under `torch.compile`: it branches on host-side
+    # counters that change every step, which would recompile the graph around them.
+    @torch.compiler.disable
+    def _init_codebook(self, flat: torch.Tensor) -> None:
+        """k-means init from the first training batch, once."""
         if self._host_initialized is None:
             self._host_initialized = bool(self.initialized)
-        return self._host_initialized
+        if not self._host_initialized:
+            self._kmeans_init(flat)
+            self._host_initialized = True
+
+    @torch.compiler.disable
+    def _update_codebook(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """EMA update, step count and (every `vq_restart_every` steps) dead-code restart;
+        returns how many codes were restarted, as a tensor."""
+        cfg = self.config
+        self._ema_update(flat, codes)
+        steps = self._count_step()
+        restarted = 0
+        if cfg.vq_restart_every and steps % cfg.vq_restart_every == 0:
+            restarted = self._restart_dead_codes(flat)
+        return torch.tensor(float(restarted), device=flat.device)
 
     def _count_step(self) -> int:
         """Count a training step in the `steps` buffer (checkpointed) and its host copy; returns the count."""

@@ -22,6 +22,7 @@ from stage1_tokenizer.adversarial import (
 from stage1_tokenizer.networks import Decoder
 from stage1_tokenizer.train import TokenizerTask, TokenizerTrainConfig
 from trainkit.config import load_config
+from trainkit.trainer import compile_for_training
 
 RECIPE = "configs/tokenizer/fashion_mnist_vq.yaml"
 TINY_ADVERSARY = ["adversarial.weight=0.5", "adversarial.start_step=5", "adversarial.ramp_steps=5",
@@ -160,6 +161,29 @@ def test_the_generator_term_is_off_before_the_start_then_ramps_to_weight_times_a
         assert logs["gen_weight"].item() == pytest.approx(0.5 * factor * scale, rel=1e-6)
         term = losses["model"].item() - plain.item()
         assert term == pytest.approx(logs["gen_weight"].item() * logs["gen_loss"].item(), rel=1e-3, abs=1e-6)
+
+
+def test_a_compiled_step_compiles_once_through_restarts_and_the_adaptive_weight(digits_parquet):
+    """Under `train.compile` the codebook's bookkeeping (k-means init, EMA, dead-code restarts) runs
+    eagerly, so its changing counters do not recompile the step, and the adaptive weight may take
+    gradients of the compiled graph more than once."""
+    task = build_task(digits_parquet, *TINY_ADVERSARY, "model.vq_restart_threshold=5")   # so that codes restart
+    compiled = compile_for_training(task.model)
+    batch = next(iter(DataLoader(task.train_dataset, batch_size=32)))
+    restarted = []
+
+    def step(i: int) -> None:
+        losses, logs = task.training_step(compiled, batch, i, discriminator=task.discriminator)
+        (losses if isinstance(losses, torch.Tensor) else losses["model"]).backward()
+        restarted.append(float(logs["restarted"]))
+
+    for i in range(2):   # step 0 runs the k-means init; at step 1 the step number turns into a symbol
+        step(i)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in range(2, 12):   # the discriminator starts at 5; the codebook restarts at its 10th step
+            step(i)
+    assert restarted[9] > 0 and sum(restarted) == restarted[9]
+    assert task.model.quantizer.steps.item() == 12 and task.model.decoder.net[-1].weight.grad is not None
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:

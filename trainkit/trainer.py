@@ -270,6 +270,15 @@ class _Optimised:
         return peak * lr_factor(progress, step - self.part.start_step, cfg, self.part.warmup_steps)
 
 
+def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile(model)` for the training steps. A step may take gradients of the model's
+    graph more than once (the tokenizer's adaptive adversarial weight uses `retain_graph`), which
+    torch's donated backward buffers refuse, so they are turned off (they only save memory)."""
+    if hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
+    return torch.compile(model)
+
+
 class Trainer:
     """Runs a `TrainTask` as a `TrainConfig` says; `fit()` returns the last validation metrics."""
 
@@ -335,7 +344,7 @@ class Trainer:
             for part in self.parts.values():
                 part.backward_kwargs = {"inputs": [p for p in part.module.parameters() if p.requires_grad]}
         self.model = self.parts[MAIN_PART].module
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model   # what the steps call
+        self.step_model = compile_for_training(self.model) if cfg.compile else self.model   # what the steps call
 
         self.ema = WeightEMA(accelerator.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
         resume_from = ckpt.find_checkpoint(self.output_dir, self.resume) if self.resume else None
