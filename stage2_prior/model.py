@@ -39,7 +39,7 @@ class PriorConfig:
     class_dropout_prob: float = 0.1            # conditional training: class -> null token, for guidance
     tie_word_embeddings: bool = False
     # Attention kernel while training. For these short sequences on a CPU, the plain ("eager")
-    # attention trains faster than "sdpa" (figures in the README). Saved priors load with
+    # attention trains faster than "sdpa" (figures in benchmarks/README.md). Saved priors load with
     # transformers' default.
     attn_implementation: Literal["eager", "sdpa"] = "eager"
 

@@ -27,7 +27,7 @@ def resolve_mixed_precision(value: str | None) -> str | None:
     (AVX512-BF16 or AMX, see `bf16_computes_fast`), else `"no"`.
 
     Without them (AVX2 CPUs) bf16 matrix products are emulated and slower than fp32 ones (the
-    README's benchmarks give the figures), so autocast would slow training down. Any other
+    figures are in benchmarks/README.md), so autocast would slow training down. Any other
     value is returned unchanged.
     """
     if value != "auto":
