@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config, to_dict
-from . import devices
+from . import sharding
 from .devices import check_world_size, resolve_mixed_precision, use_channels_last
 from .ema import WeightEMA
 from .hub import CheckpointError, atomic_write_text, push_folder_to_hub
@@ -305,7 +305,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         check_world_size(accelerator)
-        devices.check_shard_launch(accelerator)
+        sharding.check_shard_launch(accelerator)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         set_seed(cfg.seed)
@@ -368,13 +368,13 @@ class Trainer:
         if cfg.ema_decay:
             raise ValueError("train.ema_decay is not supported with train.shard=fsdp (the average would be a full "
                              "copy of the model on every process): set train.ema_decay=null or drop train.shard")
-        self._twin = devices.meta_twin(task.model) if accelerator.is_main_process else None
-        devices.shard_model(task.model, blocks, accelerator.device.type, accelerator.mixed_precision)
+        self._twin = sharding.meta_twin(task.model) if accelerator.is_main_process else None
+        sharding.shard_model(task.model, blocks, accelerator.device.type, accelerator.mixed_precision)
 
     def _write_shard_report(self) -> None:
         """`shards/rank-N.json`: what this process holds of the model and its optimizer state."""
         report = {"rank": self.accelerator.process_index, "num_processes": self.accelerator.num_processes,
-                  **devices.shard_report(self.model, self.parts[MAIN_PART].optimizer)}
+                  **sharding.shard_report(self.model, self.parts[MAIN_PART].optimizer)}
         folder = self.output_dir / "shards"
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / f"rank-{report['rank']}.json", json.dumps(report, indent=2) + "\n")
@@ -408,7 +408,7 @@ class Trainer:
     def _load_checkpoint(self, directory: Path) -> None:
         try:
             if self.cfg.shard == "fsdp":   # first: the RNG states accelerate restores must be the last word
-                devices.load_sharded(self.model, self.parts[MAIN_PART].optimizer, directory)
+                sharding.load_sharded(self.model, self.parts[MAIN_PART].optimizer, directory)
             self.accelerator.load_state(str(directory))
         except Exception as err:  # truncated files, or a checkpoint of another model
             raise CheckpointError(
@@ -551,8 +551,8 @@ class Trainer:
         """The model to evaluate, save and push: the weight average when there is one. Sharded, a
         collective call: the full model on process 0 and None on the others."""
         if self.cfg.shard == "fsdp":
-            state = devices.gather_full_state(self.model)
-            return devices.materialize(self._twin, state) if self.accelerator.is_main_process else None
+            state = sharding.gather_full_state(self.model)
+            return sharding.materialize(self._twin, state) if self.accelerator.is_main_process else None
         live = self.accelerator.unwrap_model(self.model)
         return self.ema.module(live) if self.ema is not None else live
 
@@ -580,7 +580,7 @@ class Trainer:
         tmp = ckpt.temp_dir(self.checkpoints, state.step)
         accelerator.save_state(str(tmp), safe_serialization=True)
         if self.cfg.shard == "fsdp":
-            devices.save_sharded(self.model, self.parts[MAIN_PART].optimizer, tmp)
+            sharding.save_sharded(self.model, self.parts[MAIN_PART].optimizer, tmp)
         if self.ema is not None and accelerator.is_main_process:
             self.ema.save(tmp)
         accelerator.wait_for_everyone()
