@@ -108,20 +108,24 @@ def run(argv: list[str] | None = None) -> dict:
             tokenizer = ImageTokenizer.from_pretrained(args.model)
             data = DataConfig(dataset=args.dataset, channels=tokenizer.config.in_channels,
                               image_size=tokenizer.config.image_size)
-            results = evaluate_tokenizer(tokenizer, data, args.split, args.num_samples, args.batch_size or 500,
-                                         metrics, args.feature_network, args.cache_dir, args.seed, progress,
-                                         pr_reference_split=args.pr_reference_split,
-                                         pr_reference_size=args.pr_reference_size)
+            results = evaluate_tokenizer(
+                tokenizer, data, split=args.split, num_samples=args.num_samples, batch_size=args.batch_size or 500,
+                metrics=metrics, feature_network=args.feature_network, cache_dir=args.cache_dir, seed=args.seed,
+                progress=progress, pr_reference_split=args.pr_reference_split,
+                pr_reference_size=args.pr_reference_size)
             settings = {"split": args.split, "num_samples": args.num_samples, "seed": args.seed}
         else:
             metrics = parse_metrics(args.metrics, PIPELINE_METRICS)
             options = SamplingOptions(guidance_schedule=args.guidance_schedule, temperature=args.temperature,
                                       top_k=args.top_k, top_p=args.top_p)
             results, settings = evaluate_pipeline(
-                args.model, args.num_samples, args.batch_size or 256, args.seed, args.guidance_scale, metrics,
-                args.dataset, args.reference_split, args.reference_size, args.feature_network, args.cache_dir,
-                args.nll_split, args.nll_samples, args.token_cache_dir, options, progress,
-                bpd_fit_split=args.bpd_fit_split, bpd_fit_samples=args.bpd_fit_samples, torch_dtype=args.dtype)
+                args.model, num_samples=args.num_samples, batch_size=args.batch_size or 256, seed=args.seed,
+                guidance_scale=args.guidance_scale, metrics=metrics, dataset=args.dataset,
+                reference_split=args.reference_split, reference_size=args.reference_size,
+                feature_network=args.feature_network, cache_dir=args.cache_dir, nll_split=args.nll_split,
+                nll_samples=args.nll_samples, token_cache_dir=args.token_cache_dir, options=options,
+                progress=progress, bpd_fit_split=args.bpd_fit_split, bpd_fit_samples=args.bpd_fit_samples,
+                torch_dtype=args.dtype)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     report = {"command": args.command, "model": str(args.model), "dataset": args.dataset, "settings": settings,

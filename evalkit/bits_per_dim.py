@@ -18,6 +18,7 @@ import math
 import torch
 from torch.utils.data import DataLoader
 
+from pipelines import check_components_fit
 from stage1_tokenizer.likelihood import fit_log_scale, reconstruction_nll
 from stage2_prior.evaluate import bits_per_token
 from trainkit.data import DataConfig, ImageData, ImageDataset
@@ -60,11 +61,7 @@ def _reconstruct(tokenizer, dataset: ImageDataset, batch_size: int):
 
 
 def _check_components(prior, tokenizer, data: DataConfig) -> None:
-    layout = prior.layout
-    grid, codes = tuple(tokenizer.config.grid_size), tokenizer.config.codebook_size
-    if grid != tuple(layout.grid) or codes != layout.codebook_size:
-        raise ValueError(f"the tokenizer gives {grid} grids over {codes} codes but the prior expects "
-                         f"{tuple(layout.grid)} over {layout.codebook_size}: they do not belong together")
+    check_components_fit(tokenizer, prior)
     if data.channels != tokenizer.config.in_channels:
         raise ValueError(f"the data has {data.channels} channel(s) but the tokenizer takes "
                          f"{tokenizer.config.in_channels}: set data.channels to match")

@@ -20,8 +20,10 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from pipelines import check_components_fit
 from stage2_prior.options import SamplingOptions
 from trainkit.data import DataConfig, ImageDataset
+from trainkit.images import to_unit_range
 
 from .bits_per_dim import bits_per_dim, check_splits
 from .features import FeatureNetwork, InceptionFID, check_images, get_feature_network
@@ -156,7 +158,7 @@ def evaluate_tokenizer(
     loader = DataLoader(ImageDataset(images, labels), batch_size=batch_size, shuffle=False)
     recons: list[torch.Tensor] = []
     feature_metrics = [m for m in ("rfid", "pr", "accuracy", "inception_rfid") if m in metrics]
-    collect = (lambda _x, recon: recons.append(((recon.float() + 1) / 2).clamp(0, 1).cpu())) if feature_metrics else None
+    collect = (lambda _x, recon: recons.append(to_unit_range(recon).cpu())) if feature_metrics else None
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
     results: dict[str, dict] = {}
@@ -208,13 +210,10 @@ def prior_nll(prior, tokenizer, data: DataConfig, split: str = "test", token_cac
     from stage2_prior.evaluate import bits_per_token
     from stage2_prior.tokens import build_token_splits
 
+    check_components_fit(tokenizer, prior)
     data = dataclasses.replace(data, val_split=split)
-    tokens = build_token_splits(tokenizer, data, token_cache_dir, progress=progress)
-    held_out = tokens.val
+    held_out = build_token_splits(tokenizer, data, token_cache_dir, progress=progress).val
     layout = prior.layout
-    if tuple(held_out.grid) != tuple(layout.grid) or tokens.codebook_size != layout.codebook_size:
-        raise ValueError(f"the tokenizer gives {held_out.grid} grids over {tokens.codebook_size} codes but the prior "
-                         f"expects {layout.grid} over {layout.codebook_size}: they do not belong together")
     n = len(held_out) if max_grids is None else min(max_grids, len(held_out))
     batches = (held_out.get_batch(torch.arange(start, min(start + batch_size, n))) for start in range(0, n, batch_size))
     bits, n = bits_per_token(prior, batches)

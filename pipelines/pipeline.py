@@ -38,7 +38,7 @@ from stage2_prior.sampling import resolve_options
 from trainkit import __version__
 from trainkit.devices import inference_dtype
 from trainkit.hub import CheckpointError, publish_dir, push_folder_to_hub, resolve_pretrained_dir
-from trainkit.images import save_grid
+from trainkit.images import save_grid, to_unit_range
 
 from .card import (
     CARD_NAME, EVAL_REPORT_NAME, LIBRARY_NAME, MANIFEST_NAME, SAMPLES_NAME, hub_dataset_id, load_eval_report,
@@ -96,8 +96,8 @@ class Pipeline:
     leaves them unset: the prior's stored defaults (`ImagePrior.sampling_defaults`, taken when the
     pipeline is built) with the pipeline's `default_guidance_scale`, the classifier-free guidance
     used when class labels are given. `default_guidance_scale` overrides the prior's; when both
-    are None it is 2.0 for a class-conditional prior (the scale of the training previews) and 1.0
-    (no guidance) for an unconditional one. Saving writes these defaults into the saved prior's
+    are None (a prior saved without sampling defaults) it is 2.0 for a class-conditional prior and
+    1.0 (no guidance) for an unconditional one. Saving writes these defaults into the saved prior's
     `generation_config.json`. `datasets` names the training data for the model card.
     """
 
@@ -387,7 +387,7 @@ class Pipeline:
                 chunk = torch.cat([chunk, chunk[-1:].expand(DECODE_CHUNK - real, *self.grid)])
             images = self.tokenizer.decode(chunk.to(self.device))
             parts.append(images[:real].float().cpu())
-        images = ((torch.cat(parts) + 1) / 2).clamp(0, 1)
+        images = to_unit_range(torch.cat(parts))
         return format_images(images, output_type)
 
     def complete(
@@ -576,9 +576,10 @@ class Pipeline:
         """Load a saved tokenizer and prior (directories or hub repo ids) and check that they fit.
 
         When the prior is a training run's `final/` directory, its `run_config.json` beside it
-        names the training data (for the model card) and, unless `default_guidance_scale` is
-        given or the prior stores a default guidance, the guidance scale of the run's previews
-        (1.0 if it never dropped classes).
+        names the training data (for the model card). For a prior from a run older than the
+        `sampling:` section (no stored guidance; its run config has `preview_guidance_scale`), the
+        default guidance is that of the run's previews (1.0 if it never dropped classes), unless
+        `default_guidance_scale` is given.
         """
         tok = ImageTokenizer.from_pretrained(tokenizer, map_location=device)
         pri = ImagePrior.from_pretrained(prior, map_location=device)

@@ -138,7 +138,7 @@ def test_bits_per_dim_rejects_the_test_split_for_the_fit_and_unknown_splits(tiny
     assert train["reference"]["num_images"] == 1425 and train["scale_fit"]["num_images"] == 75
     with pytest.raises(ValueError, match="split 'nope' not found"):
         bits_per_dim(prior, tokenizer, data, "test", "nope")
-    with pytest.raises(ValueError, match="do not belong together"):
+    with pytest.raises(ValueError, match="the tokenizer and the prior do not fit"):
         bits_per_dim(_prior(10, codebook_size=64), tokenizer, data)
 
 
