@@ -19,8 +19,8 @@ RUN_CONFIG_NAME = "run_config.json"          # the trainer's resolved configurat
 STAGE_INPUTS_NAME = "main_job_inputs.json"   # what the main job trained a stage on beyond its configuration
 
 # Configuration keys that cannot change a trained model (a key and everything under it).
-IGNORED_KEYS = ("output_dir", "resume", "hub", "train.progress_bar", "train.num_workers", "train.log_every",
-                "train.keep_checkpoints")
+IGNORED_KEYS = ("output_dir", "resume", "hub", "train.progress_bar", "train.num_workers", "data.num_workers",
+                "train.log_every", "train.keep_checkpoints")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -49,13 +49,13 @@ class ImageTokenizerConfig:
     vq_ema_decay: float = 0.99
     vq_kmeans_init: bool = True           # initialise the codebook by k-means on the first batch
     vq_kmeans_iters: int = 10
-    vq_restart_threshold: float = 1.0     # codes whose EMA usage count falls below this are restarted
+    vq_restart_threshold: float = 1.0     # with vq_ema: codes whose EMA usage count falls below this restart
     vq_restart_every: int = 50            # training steps between dead-code checks (0 = never)
 
     # Gumbel-softmax dVAE: relaxed categorical posterior, KL to a uniform prior.
     gumbel_tau_start: float = 1.0
     gumbel_tau_end: float = 1.0 / 16
-    gumbel_tau_steps: int = 5000          # cosine/exponential anneal length, in training steps
+    gumbel_tau_steps: int = 5000          # exponential anneal length, in training steps
     gumbel_hard: bool = False             # straight-through one-hot samples
     gumbel_kl_weight: float = 1e-3
     gumbel_kl_warmup_steps: int = 1000

@@ -40,7 +40,7 @@ def _per_image_errors(images: torch.Tensor, recon: torch.Tensor) -> dict[str, to
 def reconstruction_metrics(
     tokenizer: ImageTokenizer, loader, accelerator: Accelerator | None = None, max_batches: int | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-) -> tuple[dict[str, float], torch.Tensor]:
+) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
     """MSE and PSNR on [0, 1] (per image, averaged), codebook usage and perplexity over a whole split;
     for RGB images also `chroma_error` and `mean_color_error` (see `color_errors`, averaged over images).
 

@@ -65,10 +65,6 @@ class TokenizerTask(TrainTask):
         self.train_dataset = splits.train
         self.val_dataset = splits.val
 
-    def shard_blocks(self) -> tuple[str, ...]:
-        """None: a convolutional model small enough to train data-parallel (`train.shard` refuses it)."""
-        return ()
-
     def extra_parts(self) -> list[Part]:
         """The discriminator, when `adversarial.weight > 0`; it is trained from `adversarial.start_step`."""
         if self.discriminator is None:

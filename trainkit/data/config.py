@@ -23,5 +23,5 @@ class DataConfig:
     split_seed: int = 0
     max_train_samples: int | None = None  # first N after the split
     max_val_samples: int | None = None
-    num_workers: int = 0  # DataLoader workers (also decode images while materialising)
+    num_workers: int = 0  # workers that decode and transform images while a split is materialised
     in_memory_max_mb: int = 2048  # materialise a transformed split as one uint8 tensor when it fits
