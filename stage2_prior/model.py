@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from trainkit.hub import CheckpointError, HubModel
 
 from .layout import TokenLayout
-from .options import (SamplingOptions, generation_config, load_generation_config, sampling_defaults,
+from .options import (SamplingOptions, generation_config, load_generation_config, read_sampling_defaults,
                       save_generation_config)
 
 
@@ -86,7 +86,9 @@ class ImagePrior(HubModel, nn.Module):
             raise ValueError(
                 f"the language model has {lm.config.vocab_size} ids but the token layout needs {layout.vocab_size}"
             )
-        self.sampling_defaults = sampling_defaults(lm.generation_config)
+        # Through the setter: the language model's generation config is rewritten with the settings
+        # that make `generate` emit exactly one grid, keeping the sampling defaults it holds.
+        self.sampling_defaults = read_sampling_defaults(lm.generation_config)
 
     @classmethod
     def from_config(cls, config: PriorConfig, layout: TokenLayout) -> "ImagePrior":
@@ -135,7 +137,7 @@ class ImagePrior(HubModel, nn.Module):
         """The defaults of `sample_codes` (and of a pipeline built on this prior) for the options a
         call leaves unset, read from `self.lm.generation_config`; assign a `SamplingOptions`
         (no seed or batch size) to change them, e.g. the guidance scale of the training previews."""
-        return sampling_defaults(self.lm.generation_config)
+        return read_sampling_defaults(self.lm.generation_config)
 
     @sampling_defaults.setter
     def sampling_defaults(self, defaults: SamplingOptions) -> None:

@@ -103,7 +103,7 @@ class SamplingOptions:
         return replace(SamplingOptions(), **values)
 
 
-def sampling_defaults(config) -> SamplingOptions:
+def read_sampling_defaults(config) -> SamplingOptions:
     """The sampling defaults a `GenerationConfig` stores (see the module docstring)."""
     if getattr(config, "do_sample", None) is False:
         temperature = 0.0
