@@ -227,9 +227,10 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 self._init_codebook(flat.detach())
             codes = self.nearest(flat.detach())
-            restarted = torch.zeros((), device=z.device)
             if self.training and cfg.vq_ema:
                 restarted = self._update_codebook(flat.detach(), codes)
+            else:
+                restarted = torch.zeros((), device=z.device)
             codebook = self._codebook()
             e = codebook[codes]
             commitment = F.mse_loss(flat, e.detach())
