@@ -35,8 +35,7 @@ def _file_label(label: int | str, class_names: list[str] | None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-") or "class"
 
 
-def generate_main(argv: list[str] | None = None) -> list[Path]:
-    """`imagegen-generate`: sample images from a pipeline into a grid PNG or a folder of PNGs."""
+def _generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagegen-generate",
         description="Sample images from a saved pipeline (a directory or a hub repo id) into one grid PNG "
@@ -69,33 +68,56 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--output", help="write one grid PNG here")
     out.add_argument("--output-dir", help="write one PNG per image into this folder")
+    return parser
+
+
+def _sample(pipe, args: argparse.Namespace):
+    """The images `args` ask of `pipe` `[N, C, H, W]` in [0, 1], and the class label of each (None: unconditional)."""
+    from stage2_prior import SamplingOptions
+
+    labels = None if args.class_labels is None else [_label(t, pipe.class_names) for t in args.class_labels]
+    options = SamplingOptions(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
+                              temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+    progress = not args.no_progress
+    if args.per_class is not None:
+        images = pipe.sample_grid(per_class=args.per_class, class_labels=labels, options=options, progress=progress)
+        if pipe.conditional:
+            classes = labels if labels is not None else list(range(pipe.num_classes))
+            labels = [c for c in classes for _ in range(args.per_class)]
+        return images, labels
+    one_for_all = labels is not None and len(labels) == 1
+    images = pipe.generate(num_images=args.num_images, class_labels=labels[0] if one_for_all else labels,
+                           output_type="pt", progress=progress, options=options)
+    return images, (labels * images.shape[0] if one_for_all else labels)
+
+
+def _write_images(images, labels: list | None, class_names: list[str] | None, folder: Path) -> list[Path]:
+    """One PNG per image in `folder`, named by its index and, when known, its class."""
+    from pipelines.pipeline import format_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, image in enumerate(format_images(images, "pil")):
+        suffix = f"_{_file_label(labels[i], class_names)}" if labels is not None else ""
+        written.append(folder / f"{i:05d}{suffix}.png")
+        image.save(written[-1])
+    return written
+
+
+def generate_main(argv: list[str] | None = None) -> list[Path]:
+    """`imagegen-generate`: sample images from a pipeline into a grid PNG or a folder of PNGs."""
+    parser = _generate_parser()
     args = parser.parse_args(argv)
     if args.per_class is not None and args.num_images is not None:
         parser.error("--per-class sets the number of images: drop --num-images")
 
-    from pipelines.pipeline import Pipeline, format_images
-    from stage2_prior import SamplingOptions
+    from pipelines.pipeline import Pipeline
 
     try:
         pipe = Pipeline.from_pretrained(args.pipeline, revision=args.revision, device=args.device,
                                         torch_dtype=args.dtype)
-        names = pipe.class_names
-        labels = None if args.class_labels is None else [_label(t, names) for t in args.class_labels]
-        options = SamplingOptions(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
-                                  temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
-        progress = not args.no_progress
-        if args.per_class is not None:
-            images = pipe.sample_grid(per_class=args.per_class, class_labels=labels, options=options, progress=progress)
-            if pipe.conditional:
-                classes = labels if labels is not None else list(range(pipe.num_classes))
-                labels = [c for c in classes for _ in range(args.per_class)]
-        else:
-            one_for_all = labels is not None and len(labels) == 1
-            images = pipe.generate(num_images=args.num_images, class_labels=labels[0] if one_for_all else labels,
-                                   output_type="pt", progress=progress, options=options)
-            if one_for_all:
-                labels = labels * images.shape[0]
+        images, labels = _sample(pipe, args)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         parser.exit(2, f"imagegen-generate: error: {err}\n")
 
@@ -103,14 +125,7 @@ def generate_main(argv: list[str] | None = None) -> list[Path]:
         nrow = args.nrow or args.per_class or min(8, images.shape[0])
         written = [save_grid(images * 2 - 1, args.output, nrow=nrow)]
     else:
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        for i, image in enumerate(format_images(images, "pil")):
-            suffix = f"_{_file_label(labels[i], names)}" if labels is not None else ""
-            path = folder / f"{i:05d}{suffix}.png"
-            image.save(path)
-            written.append(path)
+        written = _write_images(images, labels, pipe.class_names, Path(args.output_dir))
     print(f"wrote {len(images)} image(s) to {args.output or args.output_dir}")
     return written
 
