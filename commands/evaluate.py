@@ -25,7 +25,7 @@ from evalkit.reference import default_cache_dir
 from stage2_prior import SamplingOptions
 from stage2_prior.options import GUIDANCE_SCHEDULES
 from trainkit.data import DataConfig
-from trainkit.hub import atomic_write_text
+from trainkit.files import atomic_write_text
 
 
 def _write_report(report: dict, output: str | None) -> None:

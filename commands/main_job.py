@@ -48,7 +48,7 @@ from pathlib import Path
 
 from trainkit.checkpoint import find_checkpoint
 from trainkit.config import ConfigError, console_script, load_config, to_dict
-from trainkit.hub import CheckpointError, atomic_write_text
+from trainkit.files import CheckpointError, atomic_write_text
 
 from . import reuse
 from .recipes import recipe_path

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from trainkit.config import console_script
-from trainkit.hub import CheckpointError
+from trainkit.files import CheckpointError
 from trainkit.images import save_grid
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainkit.hub import atomic_write_text, file_sha256
+from trainkit.files import atomic_write_text, file_sha256
 
 RUN_CONFIG_NAME = "run_config.json"          # the trainer's resolved configuration, in the run directory
 STAGE_INPUTS_NAME = "main_job_inputs.json"   # what the main job trained a stage on beyond its configuration

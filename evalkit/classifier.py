@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainkit.config import ConfigError, from_dict, to_dict
-from trainkit.hub import (
-    CheckpointError, HubModel, atomic_write_text, file_sha256, load_state_dict_strict, save_state_dict,
-)
+from trainkit.files import CheckpointError, atomic_write_text, file_sha256, load_state_dict_strict, save_state_dict
+from trainkit.hub import HubModel
 
 DEFAULT_NAME = "fashion_mnist_classifier"
 FORMAT_VERSION = 1

@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from trainkit.data import DataConfig, ImageData
-from trainkit.hub import save_state_dict
+from trainkit.files import save_state_dict
 
 from .features import FeatureNetwork
 from .metrics import GaussianStats, feature_stats

@@ -17,7 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from trainkit.hub import LIBRARY_NAME, CheckpointError, atomic_write_text
+from trainkit.files import CheckpointError, atomic_write_text
+from trainkit.hub import LIBRARY_NAME
 
 MANIFEST_NAME = "pipeline.json"
 EVAL_REPORT_NAME = "eval_report.json"

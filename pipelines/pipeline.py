@@ -37,7 +37,8 @@ from stage2_prior.options import generation_config, save_generation_config
 from stage2_prior.sampling import resolve_options
 from trainkit import __version__
 from trainkit.devices import inference_dtype
-from trainkit.hub import CheckpointError, publish_dir, push_folder_to_hub, resolve_pretrained_dir
+from trainkit.files import CheckpointError, publish_dir
+from trainkit.hub import push_folder_to_hub, resolve_pretrained_dir
 from trainkit.images import save_grid, to_unit_range
 
 from .card import (

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors import SafetensorError
 
-from trainkit.hub import CheckpointError, HubModel
+from trainkit.files import CheckpointError
+from trainkit.hub import HubModel
 
 from .layout import TokenLayout
 from .options import (SamplingOptions, generation_config, load_generation_config, read_sampling_defaults,

@@ -35,7 +35,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from trainkit.hub import CheckpointError, atomic_write_text
+from trainkit.files import CheckpointError, atomic_write_text
 
 from .layout import TokenLayout
 

@@ -30,7 +30,7 @@ from stage1_tokenizer import ImageTokenizer
 from trainkit.config import to_dict
 from trainkit.data import DataConfig, ImageData, ImageDataset, array2d_column
 from trainkit.devices import check_world_size
-from trainkit.hub import replace_dir
+from trainkit.files import replace_dir
 
 CACHE_VERSION = 1
 META_NAME = "meta.json"

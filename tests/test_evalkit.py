@@ -35,7 +35,7 @@ from evalkit.metrics import (
 )
 from evalkit.reference import reference_stats, select_images
 from trainkit.data import DataConfig, ImageData
-from trainkit.hub import CheckpointError
+from trainkit.files import CheckpointError
 
 
 @pytest.fixture(scope="module")

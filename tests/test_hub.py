@@ -116,7 +116,7 @@ def test_prior_push_and_load_round_trip(hub, tmp_path):
         prior = ImagePrior.from_config(PriorConfig(hidden_size=32, num_layers=1, num_heads=2), layout)
         url = prior.push_to_hub("user/prior")
         assert "user/prior" in url, url
-        from trainkit.hub import save_state_dict
+        from trainkit.files import save_state_dict
         save_state_dict(prior.state_dict(), "{state}")
         from huggingface_hub import HfApi
         assert [c.title for c in HfApi().list_repo_commits("user/prior")][0] == "Upload ImagePrior"

@@ -1,6 +1,7 @@
 """One persistence mechanism for every component: atomic directories, strict loads, the classifier's files."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from evalkit.features import WEIGHTS_DIR
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from stage2_prior.layout import TokenLayout
 from stage2_prior.model import ImagePrior, PriorConfig
-from trainkit.hub import CheckpointError, publish_dir
+from trainkit.files import CheckpointError, publish_dir
 
 
 def tiny_tokenizer(**kw) -> ImageTokenizer:
@@ -74,7 +75,7 @@ def test_publish_dir_over_the_working_directory(tmp_path, monkeypatch):
     with publish_dir(".") as staging:
         (staging / "a.txt").write_text("1")
     assert sorted(p.name for p in target.iterdir()) == ["a.txt", "keep.txt"]
-    assert hidden(tmp_path) == [] and hub.Path.cwd() == target
+    assert hidden(tmp_path) == [] and Path.cwd() == target
 
 
 # ------------------------------------------------------------------------------------------ components

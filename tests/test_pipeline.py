@@ -16,7 +16,7 @@ from pipelines import Pipeline, write_model_card
 from pipelines.pipeline import DECODE_CHUNK
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from stage2_prior import ImagePrior, PriorConfig, SamplingOptions, TokenLayout
-from trainkit.hub import CheckpointError
+from trainkit.files import CheckpointError
 
 NAMES = ("cat", "dog", "owl")
 

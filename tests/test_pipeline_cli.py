@@ -369,7 +369,7 @@ def test_push_and_load_from_the_hub(main_run, tmp_path):
         load = f"""
             import hashlib, numpy as np
             from pipelines import Pipeline
-            from trainkit.hub import CheckpointError
+            from trainkit.files import CheckpointError
             for repo in ("user/digits-pipe", "user/digits-dir"):
                 images = np.ascontiguousarray(Pipeline.from_pretrained(repo).generate(**{SAMPLE!r}), dtype=np.float32)
                 print("DIGEST", repo, hashlib.sha256(images.tobytes()).hexdigest())

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from stage2_prior.layout import TokenLayout
 from stage2_prior.model import ImagePrior, PriorConfig
 from stage2_prior.sampling import SamplingOptions, filter_logits, guidance_scales, resolve_options, sample_codes
-from trainkit.hub import CheckpointError
+from trainkit.files import CheckpointError
 
 K = 16
 NAMES = ("zero", "one", "two", "three")

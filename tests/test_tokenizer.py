@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from stage1_tokenizer import ImageTokenizer, ImageTokenizerConfig
-from trainkit.hub import CheckpointError
+from trainkit.files import CheckpointError
 
 
 def tiny(quantizer="vq", **kw):

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from trainkit import checkpoint as ckpt
-from trainkit.hub import save_state_dict
+from trainkit.files import save_state_dict
 from trainkit.devices import resolve_mixed_precision
 from trainkit.trainer import (
     Part, RunningMeans, TrainConfig, Trainer, TrainingDiverged, TrainTask, expected_total_steps, lr_factor,
@@ -214,7 +214,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
-    from trainkit.hub import CheckpointError
+    from trainkit.files import CheckpointError
 
     run_training(Regression(), loop(max_steps=20), tmp_path)
     weights = ckpt.step_dir(tmp_path / "checkpoints", 20) / "model.safetensors"
@@ -276,7 +276,7 @@ def test_weight_ema_averages_only_what_the_optimizer_trains():
 
 
 def test_weight_ema_settings_are_checked(tmp_path):
-    from trainkit.hub import CheckpointError
+    from trainkit.files import CheckpointError
 
     with pytest.raises(ValueError, match="ema_decay must be in"):
         loop(ema_decay=1.5)

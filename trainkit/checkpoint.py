@@ -14,7 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .hub import atomic_write_text
+from .files import atomic_write_text
 
 STATE_NAME = "trainer_state.json"
 LATEST_NAME = "latest"

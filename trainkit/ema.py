@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .hub import CheckpointError, load_state_dict_strict, save_state_dict
+from .files import CheckpointError, load_state_dict_strict, save_state_dict
 
 
 class WeightEMA:

@@ -38,7 +38,8 @@ from .config import ConfigError, load_config, to_dict
 from . import sharding
 from .devices import check_world_size, resolve_mixed_precision, use_channels_last
 from .ema import WeightEMA
-from .hub import CheckpointError, atomic_write_text, push_folder_to_hub
+from .files import CheckpointError, atomic_write_text
+from .hub import push_folder_to_hub
 from .images import save_grid
 from .optim import build_optimizer
 
