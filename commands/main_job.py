@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the tokenizer and the prior, assemble the pipeline, draw a class grid and report "
                     "metrics. Defaults are the full Fashion-MNIST recipe (its step budgets: the same model on any machine).")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="main",
-                        help="the recipe pair: main (the default, 2,000 + 4,000 steps) or long (8,000 + 6,000 "
+                        help="the recipe pair: main (the default, 2,250 + 4,000 steps) or long (8,000 + 6,000 "
                              "steps of a larger prior, about 4x the time)")
     parser.add_argument("--output-dir", default=None, help="where every stage writes (default runs/<recipe>)")
     parser.add_argument("--data", default=None,
