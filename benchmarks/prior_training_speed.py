@@ -32,6 +32,7 @@ from stage2_prior.train import PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision  # noqa: E402
 from trainkit.optim import build_optimizer  # noqa: E402
+from trainkit.trainer import compile_for_training  # noqa: E402
 
 from machine import machine_kind, matmul_peak_gflops  # noqa: E402  (this folder)
 
@@ -58,7 +59,7 @@ def time_steps(prior: ImagePrior, batch_size: int, bf16: bool, steps: int, warmu
     for i in range(warmup + steps):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = forward(codes, labels, drop_class_prob=0.1)
+            loss = forward(codes, labels, drop_class_prob=0.1, validate=False)   # as the trainer calls it
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -81,6 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_config(PriorTrainConfig, args.config, args.overrides)
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)   # as the trainer runs
     layout = TokenLayout(args.codebook_size, tuple(args.grid), args.num_classes if cfg.conditional else 0)
     torch.manual_seed(0)
     prior = ImagePrior.from_config(cfg.model, layout).train()
@@ -94,11 +96,11 @@ def main() -> None:
                   "parameters": sum(p.numel() for p in prior.parameters()),
                   "training_flops_per_token": flops_token},
         "batch_size": cfg.train.batch_size, "optimizer": cfg.train.optimizer, "tokens_per_step": tokens_step,
-        "precision": "bf16 autocast" if bf16 else "fp32",
+        "precision": "bf16 autocast" if bf16 else "fp32", "deterministic": cfg.train.deterministic,
         "torch": torch.__version__,
         "threads": {},
     }
-    compiled = torch.compile(prior) if args.compile else None
+    compiled = compile_for_training(prior) if args.compile else None
 
     def timing(peak: float, forward=None) -> dict:
         step_s = statistics.median(

@@ -32,6 +32,7 @@ from stage1_tokenizer import ImageTokenizer  # noqa: E402
 from stage1_tokenizer.train import TokenizerTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision, use_channels_last  # noqa: E402
+from trainkit.trainer import compile_for_training  # noqa: E402
 
 
 def build(cfg: TokenizerTrainConfig, channels_last: bool, optimizer: str, compile_model: bool):
@@ -41,7 +42,7 @@ def build(cfg: TokenizerTrainConfig, channels_last: bool, optimizer: str, compil
         use_channels_last(model)
     kwargs = {"foreach": optimizer == "foreach", "fused": optimizer == "fused"} if optimizer != "default" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kwargs)
-    forward = torch.compile(model) if compile_model else model
+    forward = compile_for_training(model) if compile_model else model
     return model, forward, opt
 
 
@@ -104,6 +105,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)   # as the trainer runs
     bf16 = resolve_mixed_precision(cfg.train.mixed_precision) == "bf16"
     flops = step_flops(cfg)
     variants = {
@@ -121,7 +123,7 @@ def main() -> None:
         "config": args.config, "overrides": args.overrides,
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch_size": cfg.train.batch_size,
-        "precision": "bf16 autocast" if bf16 else "fp32",
+        "precision": "bf16 autocast" if bf16 else "fp32", "deterministic": cfg.train.deterministic,
         "training_gflops_per_step": flops / 1e9,
         "threads": {},
     }

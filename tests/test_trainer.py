@@ -406,6 +406,50 @@ def test_compiled_steps_train_the_same_model_and_share_its_checkpoints(tmp_path)
         loop(compile=True, shard="fsdp")
 
 
+class NextTokenModel(torch.nn.Module):
+    """An embedding and a linear head whose forward returns the next-token cross-entropy, as the prior's does."""
+
+    def __init__(self, vocab: int = 32):
+        super().__init__()
+        self.embed, self.head = torch.nn.Embedding(vocab, 32), torch.nn.Linear(32, vocab)
+
+    def forward(self, ids, targets):
+        return torch.nn.functional.cross_entropy(self.head(self.embed(ids)).flatten(0, 1), targets.flatten())
+
+
+class NextToken(Regression):
+    """Next-token prediction on random sequences of 32 tokens, the loss computed inside the (compiled) model."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 32, (256, 17), generator=g)
+        self.train_dataset = TensorDataset(ids[:, :-1], ids[:, 1:])
+        self.val_dataset = TensorDataset(ids[:64, :-1], ids[:64, 1:])
+        torch.manual_seed(0)
+        self.model = NextTokenModel()
+
+    def training_step(self, model, batch, step):
+        return model(*batch), {}
+
+    def evaluate(self, model, loader, accelerator, step):
+        losses = [model(x, y).item() for x, y in loader]
+        return {"loss": sum(losses) / len(losses)}, None
+
+
+def test_compiled_steps_train_the_same_weights_run_after_run(tmp_path):
+    threads = torch.get_num_threads()
+    finals = []
+    try:
+        for run in ("first", "second"):   # on 2 threads: on 1 the compiled backward cannot race
+            run_training(NextToken(), loop(max_steps=10, lr=0.01, compile=True, num_threads=2), tmp_path / run)
+            finals.append(_weights(tmp_path / run / "final" / "model.safetensors"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.are_deterministic_algorithms_enabled()
+    for name, value in finals[0].items():   # with train.deterministic=false the cross-entropy's compiled
+        assert torch.equal(finals[1][name], value), name   # backward adds up in the order its threads race
+
+
 def test_two_processes_train_both_parts_in_step(tmp_path):
     import sys
 

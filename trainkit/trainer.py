@@ -73,6 +73,10 @@ class TrainConfig:
     # the training steps call the main model through `torch.compile` (evaluation, checkpoints and the
     # final model use the model itself, whose weights the compiled module shares)
     compile: bool = False
+    # torch's deterministic algorithms (warn-only where an op has none): the same config and seed
+    # train the same weights run after run, compiled steps too (whose scatter-adds would otherwise
+    # sum in the order their threads race); false may be faster on a GPU
+    deterministic: bool = True
     # None: data-parallel (DDP, a full model per process); "fsdp": shard the model, its gradients and
     # optimizer state over the processes (torch's FSDP2, on the blocks the task names: `TrainTask.shard_blocks`)
     shard: Literal["fsdp"] | None = None
@@ -310,6 +314,7 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         set_seed(cfg.seed)
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
         self._write_run_files()
         train_loader, val_loader = self._loaders()
 
