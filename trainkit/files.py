@@ -26,29 +26,33 @@ class CheckpointError(ValueError):
     """A weights file or pretrained directory that cannot be loaded as asked."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Atomically write tensors to a safetensors file (shared storage is cloned)."""
-    path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+@contextlib.contextmanager
+def _written_beside(path: Path) -> Iterator[str]:
+    """A temporary file's name beside `path`, renamed over `path` when the block ends without an
+    error and removed when it raises: readers see the old or the new file, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never a mix."""
+    with _written_beside(Path(path)) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """Atomically write tensors to a safetensors file (shared storage is cloned)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with _written_beside(Path(path)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
 
 
 def file_sha256(path: str | Path) -> str:
