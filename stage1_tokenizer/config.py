@@ -51,6 +51,7 @@ class ImageTokenizerConfig:
     vq_kmeans_iters: int = 10
     vq_restart_threshold: float = 1.0     # with vq_ema: codes whose EMA usage count falls below this restart
     vq_restart_every: int = 50            # training steps between dead-code checks (0 = never)
+    vq_rotation_trick: bool = False       # rotate gradients onto the codes instead of passing them straight through
 
     # Gumbel-softmax dVAE: relaxed categorical posterior, KL to a uniform prior.
     gumbel_tau_start: float = 1.0

@@ -95,6 +95,25 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
     return centres
 
 
+def rotate_onto(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """`q` in the forward pass; backward, the gradient reaches each row of `z` through the rotation
+    and rescaling that carry it onto its row of `q`, both held constant (the rotation trick of
+    Fifty et al., 2024), instead of the straight-through identity. A code's gradient then turns
+    with the angle between the encoder output and its code, so outputs in one code's cell stop
+    all moving alike. Rows are vectors: `[N, D]`.
+    """
+    with torch.no_grad():
+        z_norm = z.norm(dim=1, keepdim=True).clamp_min(eps)
+        q_norm = q.norm(dim=1, keepdim=True)
+        u, v = z / z_norm, q / q_norm.clamp_min(eps)
+        r = F.normalize(u + v, dim=1, eps=eps)
+        scale = q_norm / z_norm
+    # R = I - 2 r r^T + 2 v u^T rotates u onto v in their plane and fixes the rest.
+    rotated = z - 2 * r * (r * z).sum(1, keepdim=True) + 2 * v * (u * z).sum(1, keepdim=True)
+    carried = scale * rotated
+    return carried + (q - carried).detach()
+
+
 def gumbel_softmax_sample(logits: torch.Tensor, tau: float, hard: bool = False, dim: int = 1) -> torch.Tensor:
     """softmax((logits + g) / tau) with g ~ Gumbel(0, 1) drawn as -log(-log(U)).
 
@@ -114,7 +133,8 @@ class VectorQuantizer(nn.Module):
 
     Loss: `||sg(z) - e||^2` (codebook term, only without EMA) `+ beta * ||z - sg(e)||^2`
     (commitment term on the encoder output). Options: EMA codebook, l2-normalised codes,
-    a low-dimensional lookup space, k-means init and dead-code restart.
+    a low-dimensional lookup space, k-means init, dead-code restart, and the rotation trick in
+    place of the straight-through gradient (`rotate_onto`).
     """
 
     def __init__(self, config: ImageTokenizerConfig):
@@ -237,7 +257,10 @@ class VectorQuantizer(nn.Module):
             loss = cfg.vq_beta * commitment
             if not cfg.vq_ema:
                 loss = loss + F.mse_loss(e, flat.detach())
-            st = flat + (e - flat).detach()  # straight-through: identity gradient to the encoder
+            if cfg.vq_rotation_trick:
+                st = rotate_onto(flat, e)
+            else:
+                st = flat + (e - flat).detach()  # straight-through: identity gradient to the encoder
             quantized = self.proj_out(st).reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
             counts = torch.bincount(codes, minlength=cfg.codebook_size)
         stats = {"commitment": commitment.detach(), "batch_perplexity": code_perplexity(counts),

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from stage1_tokenizer import ImageTokenizerConfig
 from stage1_tokenizer.quantizers import (
-    GumbelQuantizer, VectorQuantizer, gumbel_softmax_sample, kmeans, squared_distances,
+    GumbelQuantizer, VectorQuantizer, gumbel_softmax_sample, kmeans, rotate_onto, squared_distances,
 )
 
 
@@ -48,6 +48,40 @@ def test_straight_through_gradient_is_identity_on_the_encoder_side():
     upstream = torch.randn_like(out.quantized)
     (out.quantized * upstream).sum().backward()
     torch.testing.assert_close(z.grad, upstream)
+
+
+def test_rotation_trick_passes_the_gradient_through_the_rotation_onto_the_code():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    upstream = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    out = rotate_onto(z, q)
+    assert torch.equal(out.detach(), q)  # the forward value is the code itself
+    (out * upstream).sum().backward()
+    for i in range(5):  # the gradient is (|q| / |z|) R^T g with R the rotation taking z's direction to q's
+        zi, qi = z[i].detach(), q[i]
+        u, v = zi / zi.norm(), qi / qi.norm()
+        r = (u + v) / (u + v).norm()
+        R = torch.eye(4, dtype=torch.float64) - 2 * torch.outer(r, r) + 2 * torch.outer(v, u)
+        torch.testing.assert_close(R @ u, v)
+        torch.testing.assert_close(R.T @ R, torch.eye(4, dtype=torch.float64))
+        torch.testing.assert_close(z.grad[i], qi.norm() / zi.norm() * R.T @ upstream[i])
+
+
+def test_rotation_trick_in_the_quantizer_keeps_codes_and_values_and_changes_the_gradient():
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 3, 3)
+    outs = {}
+    for rotation in (False, True):
+        torch.manual_seed(1)
+        q = VectorQuantizer(vq_config(vq_beta=0.0, vq_rotation_trick=rotation)).train()
+        zr = z.clone().requires_grad_(True)
+        out = q(zr)
+        (out.quantized * torch.ones_like(out.quantized)).sum().backward()
+        outs[rotation] = (out, zr.grad)
+    assert torch.equal(outs[False][0].codes, outs[True][0].codes)
+    torch.testing.assert_close(outs[False][0].quantized, outs[True][0].quantized)
+    assert not torch.allclose(outs[False][1], outs[True][1])
 
 
 def test_losses_put_beta_on_the_commitment_term():
