@@ -33,6 +33,8 @@ from .reference import ReferenceStats, reference_stats, select_images
 TOKENIZER_METRICS = ("mse", "psnr", "usage", "rfid", "pr", "accuracy", "inception_rfid")
 PIPELINE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid", "nll", "bpd")
 IMAGE_METRICS = ("fid", "is", "pr", "accuracy", "inception_fid")
+# A tokenizer's reconstructions are measured as images against their originals.
+RECONSTRUCTION_AS_IMAGE_METRIC = {"rfid": "fid", "pr": "pr", "accuracy": "accuracy", "inception_rfid": "inception_fid"}
 
 
 def parse_metrics(text: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -68,22 +70,25 @@ def evaluate_images(
     k: int = 3,
     is_splits: int = 10,
     progress: bool = False,
+    pr_reference: ReferenceStats | None = None,
 ) -> dict[str, dict]:
     """Metrics of images `[N, C, H, W]` in [0, 1] against real reference features.
 
     `reference` holds the domain feature network's features of real images: "fid" (Frechet
     distance of its features), "is" (Inception Score of its class predictions), "pr"
-    (precision and recall on k-NN manifolds) and "accuracy" (the fraction of images it
+    (precision and recall on k-NN manifolds; on those of `pr_reference`, the same network's
+    features of other real images, when given) and "accuracy" (the fraction of images it
     classifies as their `labels`, the classes they were generated for). "inception_fid" is the
-    Frechet distance of Inception-v3 features against `inception_reference`.
+    Frechet distance of Inception-v3 features against `inception_reference`. `reference` may be
+    None when "inception_fid" is the only metric.
     """
     metrics = parse_metrics(metrics, IMAGE_METRICS)
     images = check_images(images)
     n = len(images)
-    network = reference.network
     results: dict[str, dict] = {}
     domain = [m for m in metrics if m != "inception_fid"]
     if domain:
+        network = reference.network
         out = network.compute(images, batch_size=batch_size, progress=progress)
         if "fid" in domain:
             results["fid"] = _figure(fid(out.features, reference.stats), reference, n)
@@ -96,9 +101,10 @@ def evaluate_images(
                 if reference.logits is not None else None
             results["is"] = _figure(mean, reference, n, std=std, splits=splits, reference_value=real)
         if "pr" in domain:
-            precision, recall = precision_recall(reference.features, out.features, k=k)
-            results["precision"] = _figure(precision, reference, n, k=k)
-            results["recall"] = _figure(recall, reference, n, k=k)
+            real = pr_reference or reference
+            precision, recall = precision_recall(real.features, out.features, k=k)
+            results["precision"] = _figure(precision, real, n, k=k)
+            results["recall"] = _figure(recall, real, n, k=k)
         if "accuracy" in domain:
             if out.logits is None:
                 raise ValueError(f"class accuracy needs class predictions; {network.name!r} gives none")
@@ -170,29 +176,20 @@ def evaluate_tokenizer(
                     results[key] = {"value": recon_metrics[key], **where}
     if not feature_metrics:
         return results
-    reconstructions = torch.cat(recons)
-    for spec, names in ((feature_network, ("rfid", "pr", "accuracy")), ("inception", ("inception_rfid",))):
-        names = [m for m in names if m in metrics]
-        if not names:
-            continue
-        network = get_feature_network(spec) if not isinstance(spec, FeatureNetwork) else spec
-        ref = reference_stats(network, data, split, num_samples, cache_dir, seed=seed, progress=progress)
-        out = network.compute(reconstructions, progress=progress)
-        for name in names:
-            if name == "accuracy":
-                if out.logits is None or ref.logits is None:
-                    raise ValueError(f"accuracy needs class predictions; {network.name!r} gives none")
-                accuracy, per_class = class_accuracy(out.logits, labels, network.class_names)
-                real = class_accuracy(ref.logits, ref.labels)[0]
-                results["accuracy"] = _figure(accuracy, ref, n, per_class=per_class, reference_value=real)
-            elif name == "pr":
-                real = ref if pr_reference_split is None else reference_stats(
-                    network, data, pr_reference_split, pr_reference_size, cache_dir, seed=seed, progress=progress)
-                precision, recall = precision_recall(real.features, out.features)
-                results["precision"] = _figure(precision, real, n)
-                results["recall"] = _figure(recall, real, n)
-            else:
-                results[name] = _figure(fid(out.features, ref.stats), ref, n)
+
+    def stats(network: FeatureNetwork, split: str = split, size: int | None = num_samples) -> ReferenceStats:
+        return reference_stats(network, data, split, size, cache_dir, seed=seed, progress=progress)
+
+    network = get_feature_network(feature_network)
+    domain = [m for m in ("rfid", "pr", "accuracy") if m in metrics]
+    figures = evaluate_images(
+        torch.cat(recons), labels, stats(network) if domain else None,
+        metrics=[RECONSTRUCTION_AS_IMAGE_METRIC[m] for m in feature_metrics],
+        inception_reference=stats(get_feature_network("inception")) if "inception_rfid" in metrics else None,
+        pr_reference=stats(network, pr_reference_split, pr_reference_size) if pr_reference_split and "pr" in metrics else None,
+        progress=progress)
+    as_reconstruction = {image: recon for recon, image in RECONSTRUCTION_AS_IMAGE_METRIC.items()}
+    results.update({as_reconstruction.get(name, name): figure for name, figure in figures.items()})
     return results
 
 
