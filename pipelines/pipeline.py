@@ -36,7 +36,7 @@ from stage2_prior import ImagePrior, SamplingOptions, TokenLayout, sample_codes
 from stage2_prior.options import generation_config, save_generation_config
 from stage2_prior.sampling import resolve_options
 from trainkit import __version__
-from trainkit.devices import inference_dtype
+from trainkit.devices import inference_dtype, use_channels_last
 from trainkit.files import CheckpointError, publish_dir
 from trainkit.hub import push_folder_to_hub, resolve_pretrained_dir
 from trainkit.images import save_grid, to_unit_range
@@ -105,7 +105,7 @@ class Pipeline:
     def __init__(self, tokenizer: ImageTokenizer, prior: ImagePrior, default_guidance_scale: float | None = None,
                  datasets: Sequence[str] | None = None, eval_report: dict | None = None):
         check_components_fit(tokenizer, prior)
-        self.tokenizer = tokenizer.eval()
+        self.tokenizer = use_channels_last(tokenizer.eval())   # as `ImageTokenizer.from_pretrained` loads it
         self.prior = prior.eval()
         stored = prior.sampling_defaults
         self.sampling_defaults = stored if default_guidance_scale is None else \

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainkit.devices import use_channels_last
 from trainkit.hub import PretrainedMixin
 
 from .config import ImageTokenizerConfig
@@ -80,6 +81,12 @@ class ImageTokenizer(PretrainedMixin, nn.Module):
         self.encoder = Encoder(config, enc_out)
         self.quantizer = build_quantizer(config)
         self.decoder = Decoder(config)
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs) -> "ImageTokenizer":
+        """Loaded with channels-last (NHWC) convolution weights, whose kernels encode and decode
+        faster on CPUs; the saved weights stay in the usual layout."""
+        return use_channels_last(super()._from_pretrained(**kwargs))
 
     @property
     def codebook_size(self) -> int:

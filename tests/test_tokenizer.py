@@ -156,6 +156,22 @@ def test_save_load_round_trip_gives_identical_codes(tmp_path, quantizer):
     torch.testing.assert_close(loaded.decode(model.encode(images)), model.decode(model.encode(images)))
 
 
+def test_a_loaded_tokenizer_runs_channels_last_and_saves_the_usual_layout(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = tiny().eval()
+    model.save_pretrained(tmp_path / "tok")
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "tok")
+    convs = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)
+    loaded.save_pretrained(tmp_path / "again")
+    saved, original = load_file(tmp_path / "again" / "model.safetensors"), model.state_dict()
+    assert saved.keys() == original.keys()
+    assert all(saved[k].is_contiguous() and torch.equal(saved[k], original[k]) for k in saved)
+
+
 def test_truncated_weights_are_a_clear_error(tmp_path):
     tiny().save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
