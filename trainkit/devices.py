@@ -72,11 +72,13 @@ def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     `from_pretrained` are unaffected.
     """
     model.to(memory_format=torch.channels_last)
-
-    def contiguous_state(module, state_dict, prefix, local_metadata) -> None:
-        for key, value in state_dict.items():
-            if isinstance(value, torch.Tensor) and not value.is_contiguous():
-                state_dict[key] = value.contiguous()
-
-    model.register_state_dict_post_hook(contiguous_state)
+    if not getattr(model, "_saves_contiguous_state", False):   # the hook once, however often this is called
+        model.register_state_dict_post_hook(_contiguous_state)
+        model._saves_contiguous_state = True
     return model
+
+
+def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
