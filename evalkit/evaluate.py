@@ -163,8 +163,8 @@ def evaluate_tokenizer(
                          "has unlabelled images (drop 'accuracy' from --metrics)")
     loader = DataLoader(ImageDataset(images, labels), batch_size=batch_size, shuffle=False)
     recons: list[torch.Tensor] = []
-    feature_metrics = [m for m in ("rfid", "pr", "accuracy", "inception_rfid") if m in metrics]
-    collect = (lambda _x, recon: recons.append(to_unit_range(recon).cpu())) if feature_metrics else None
+    image_metrics = [RECONSTRUCTION_AS_IMAGE_METRIC[m] for m in metrics if m in RECONSTRUCTION_AS_IMAGE_METRIC]
+    collect = (lambda _x, recon: recons.append(to_unit_range(recon).cpu())) if image_metrics else None
     recon_metrics, _ = reconstruction_metrics(tokenizer.eval(), loader, on_batch=collect)
     where = {"reference": {"dataset": data.dataset, "split": split, "num_images": n}, "num_samples": n}
     results: dict[str, dict] = {}
@@ -174,19 +174,17 @@ def evaluate_tokenizer(
             for key in keys:
                 if key in recon_metrics:  # the colour figures exist for RGB images only
                     results[key] = {"value": recon_metrics[key], **where}
-    if not feature_metrics:
+    if not image_metrics:
         return results
 
     def stats(network: FeatureNetwork, split: str = split, size: int | None = num_samples) -> ReferenceStats:
         return reference_stats(network, data, split, size, cache_dir, seed=seed, progress=progress)
 
-    network = get_feature_network(feature_network)
-    domain = [m for m in ("rfid", "pr", "accuracy") if m in metrics]
+    network = get_feature_network(feature_network) if set(image_metrics) - {"inception_fid"} else None
     figures = evaluate_images(
-        torch.cat(recons), labels, stats(network) if domain else None,
-        metrics=[RECONSTRUCTION_AS_IMAGE_METRIC[m] for m in feature_metrics],
-        inception_reference=stats(get_feature_network("inception")) if "inception_rfid" in metrics else None,
-        pr_reference=stats(network, pr_reference_split, pr_reference_size) if pr_reference_split and "pr" in metrics else None,
+        torch.cat(recons), labels, None if network is None else stats(network), metrics=image_metrics,
+        inception_reference=stats(get_feature_network("inception")) if "inception_fid" in image_metrics else None,
+        pr_reference=stats(network, pr_reference_split, pr_reference_size) if pr_reference_split and "pr" in image_metrics else None,
         progress=progress)
     as_reconstruction = {image: recon for recon, image in RECONSTRUCTION_AS_IMAGE_METRIC.items()}
     results.update({as_reconstruction.get(name, name): figure for name, figure in figures.items()})
