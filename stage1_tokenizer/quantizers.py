@@ -45,13 +45,18 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
-def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """||x_i - e_k||^2 for all pairs, via one matrix product: `[N, D] x [K, D] -> [N, K]`."""
-    return (
-        x.pow(2).sum(1, keepdim=True)
-        - 2.0 * x @ codebook.t()
-        + codebook.pow(2).sum(1)[None, :]
-    )
+def nearest_rows(x: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Index of the nearest row of `codebook [K, D]` (squared Euclidean distance) for each row of `x [N, D]`.
+
+    ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2, and ||x||^2 does not change which code is nearest, so each
+    chunk of rows is one fused matrix product `||e||^2 - 2 x e^T` and its argmin.
+    """
+    code_norms = codebook.pow(2).sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], chunk_size):
+        scores = torch.addmm(code_norms, x[start:start + chunk_size], codebook.t(), alpha=-2.0)
+        out[start:start + chunk_size] = scores.argmin(1)
+    return out
 
 
 def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
@@ -85,7 +90,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
         closest = torch.minimum(closest, (x - x[pick]).pow(2).sum(1))
     centres = torch.stack(centres).clone()
     for _ in range(iters):
-        assign = squared_distances(x, centres).argmin(1)
+        assign = nearest_rows(x, centres)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).to(x.dtype)
         filled = counts > 0
@@ -175,7 +180,7 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of `flat [N, code_dim]`."""
-        return squared_distances(flat, self._codebook()).argmin(1)
+        return nearest_rows(flat, self._codebook())
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """Latents `[B, D, h, w]` -> nearest codes `[B, h, w]`."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from stage1_tokenizer import ImageTokenizerConfig
 from stage1_tokenizer.quantizers import (
-    GumbelQuantizer, VectorQuantizer, gumbel_softmax_sample, kmeans, rotate_onto, squared_distances,
+    GumbelQuantizer, VectorQuantizer, gumbel_softmax_sample, kmeans, nearest_rows, rotate_onto,
 )
 
 
@@ -18,11 +18,12 @@ def vq_config(**kw):
     return ImageTokenizerConfig(**base)
 
 
-def test_squared_distances_match_brute_force():
+def test_nearest_rows_is_the_brute_force_argmin_across_chunks():
     g = torch.Generator().manual_seed(0)
-    x, cb = torch.randn(50, 6, generator=g), torch.randn(9, 6, generator=g)
-    brute = torch.stack([torch.stack([((xi - e) ** 2).sum() for e in cb]) for xi in x])
-    torch.testing.assert_close(squared_distances(x, cb), brute, atol=1e-4, rtol=1e-4)
+    x, cb = 3.0 + torch.randn(50, 6, generator=g), torch.randn(9, 6, generator=g) + 3.0
+    brute = torch.stack([torch.stack([((xi - e) ** 2).sum() for e in cb]) for xi in x]).argmin(1)
+    assert torch.equal(nearest_rows(x, cb), brute)
+    assert torch.equal(nearest_rows(x, cb, chunk_size=7), brute)  # chunks of 7 rows, the last one short
 
 
 @pytest.mark.parametrize("l2,code_dim", [(False, None), (True, None), (False, 4), (True, 4)])
@@ -138,7 +139,7 @@ def test_dead_codes_are_restarted_onto_encoder_outputs():
     assert out.stats["restarted"] == 15
     flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
     # each restarted code now sits (up to tiny noise) on one of the current encoder outputs
-    d = squared_distances(q.codebook.data[1:], flat).min(1).values
+    d = torch.cdist(q.codebook.data[1:], flat).pow(2).min(1).values
     assert float(d.max()) < 1e-4
     assert bool((q.ema_count[1:] >= 0.5).all())
 
@@ -152,7 +153,7 @@ def test_kmeans_init_runs_once_and_fits_the_data():
     assert not bool(q.initialized)
     q(z)
     assert bool(q.initialized)
-    d = squared_distances(centres, q.codebook.data).min(1).values
+    d = torch.cdist(centres, q.codebook.data).pow(2).min(1).values
     assert float(d.max()) < 0.1
 
 
@@ -162,7 +163,7 @@ def test_kmeans_reduces_distortion():
     c0 = kmeans(x, 8, iters=0, generator=torch.Generator().manual_seed(1))
     c1 = kmeans(x, 8, iters=10, generator=torch.Generator().manual_seed(1))
     def distortion(c):
-        return float(squared_distances(x, c).min(1).values.mean())
+        return float(torch.cdist(x, c).pow(2).min(1).values.mean())
     assert distortion(c1) < distortion(c0)
 
 
