@@ -40,6 +40,9 @@ class ImageTokenizerConfig:
     # Weight of a phase-blind term added to the reconstruction loss: the mean absolute difference
     # of the images' amplitude spectra (`model.spectrum_loss`). 0 leaves it out.
     spectrum_weight: float = 0.0
+    # Weight of a mean-absolute-error term added to an "mse" reconstruction loss (chroma-weighted
+    # as it is). 0 leaves it out.
+    l1_weight: float = 0.0
 
     # VQ-VAE: nearest-neighbour lookup with a straight-through gradient.
     vq_beta: float = 0.25                 # commitment weight, on ||z_e - sg(e)||^2
@@ -86,6 +89,11 @@ class ImageTokenizerConfig:
             raise ValueError(f"chroma_weight must be positive, got {self.chroma_weight}")
         if self.spectrum_weight < 0:
             raise ValueError(f"spectrum_weight must be >= 0 (0 leaves the term out), got {self.spectrum_weight}")
+        if self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be >= 0 (0 leaves the term out), got {self.l1_weight}")
+        if self.l1_weight and self.recon_loss == "l1":
+            raise ValueError("l1_weight adds an L1 term to the mse loss, but recon_loss is already l1; "
+                             "set recon_loss=mse to mix the two, or l1_weight=0")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
 

@@ -134,6 +134,10 @@ class ImageTokenizer(PretrainedMixin, nn.Module):
         recon = self.decoder(q.quantized)
         recon_loss = reconstruction_loss(recon, images, self.config.recon_loss, self.config.chroma_weight)
         stats = q.stats
+        if self.config.l1_weight:
+            l1 = reconstruction_loss(recon, images, "l1", self.config.chroma_weight)
+            recon_loss = recon_loss + self.config.l1_weight * l1
+            stats = {**stats, "l1_loss": l1.detach()}
         if self.config.spectrum_weight:
             spectrum = spectrum_loss(recon, images)
             recon_loss = recon_loss + self.config.spectrum_weight * spectrum

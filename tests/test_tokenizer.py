@@ -251,3 +251,24 @@ def test_spectrum_term_is_blind_to_phase_and_charges_blur():
     assert "spectrum_loss" not in plain_out.stats
     with pytest.raises(ValueError, match="spectrum_weight must be >= 0"):
         ImageTokenizerConfig(spectrum_weight=-1.0)
+
+
+def test_l1_term_adds_to_the_mse_loss():
+    from stage1_tokenizer.model import reconstruction_loss
+
+    config = dict(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1, latent_channels=8,
+                  codebook_size=16, vq_kmeans_init=False)
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    torch.manual_seed(0)
+    plain_out = ImageTokenizer(ImageTokenizerConfig(**config))(images)
+    torch.manual_seed(0)
+    out = ImageTokenizer(ImageTokenizerConfig(**config, l1_weight=0.25))(images)
+    torch.testing.assert_close(plain_out.reconstruction, out.reconstruction)
+    l1 = (out.reconstruction - images).abs().mean()
+    torch.testing.assert_close(out.recon_loss, F.mse_loss(out.reconstruction, images) + 0.25 * l1)
+    torch.testing.assert_close(out.stats["l1_loss"], l1)
+    assert "l1_loss" not in plain_out.stats
+    with pytest.raises(ValueError, match="l1_weight must be >= 0"):
+        ImageTokenizerConfig(l1_weight=-0.1)
+    with pytest.raises(ValueError, match="recon_loss is already l1"):
+        ImageTokenizerConfig(recon_loss="l1", l1_weight=0.1)
