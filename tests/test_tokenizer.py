@@ -254,8 +254,6 @@ def test_spectrum_term_is_blind_to_phase_and_charges_blur():
 
 
 def test_l1_term_adds_to_the_mse_loss():
-    from stage1_tokenizer.model import reconstruction_loss
-
     config = dict(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1, latent_channels=8,
                   codebook_size=16, vq_kmeans_init=False)
     images = torch.rand(2, 1, 8, 8) * 2 - 1
