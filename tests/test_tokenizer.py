@@ -227,6 +227,14 @@ def test_chroma_weight_needs_rgb_and_a_positive_value():
     assert out.recon_loss.ndim == 0 and out.recon_loss > 0
 
 
+def same_init_pair(**loss_terms):
+    """Two tiny VQ tokenizers with the same initial weights, the second with `loss_terms` in its config."""
+    torch.manual_seed(0)
+    plain = tiny(codebook_size=16, vq_kmeans_init=False)
+    torch.manual_seed(0)
+    return plain, tiny(codebook_size=16, vq_kmeans_init=False, **loss_terms)
+
+
 def test_spectrum_term_is_blind_to_phase_and_charges_blur():
     from stage1_tokenizer.model import reconstruction_loss, spectrum_loss
 
@@ -237,12 +245,7 @@ def test_spectrum_term_is_blind_to_phase_and_charges_blur():
     assert spectrum_loss(shifted, images) < 1e-5 < F.mse_loss(shifted, images)
     assert spectrum_loss(F.avg_pool2d(images, 3, 1, 1), images) > 0.1
 
-    config = dict(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1, latent_channels=8,
-                  codebook_size=16, vq_kmeans_init=False)
-    torch.manual_seed(0)
-    plain = ImageTokenizer(ImageTokenizerConfig(**config))
-    torch.manual_seed(0)
-    weighted = ImageTokenizer(ImageTokenizerConfig(**config, spectrum_weight=0.5))
+    plain, weighted = same_init_pair(spectrum_weight=0.5)
     out, plain_out = weighted(images), plain(images)
     torch.testing.assert_close(plain_out.reconstruction, out.reconstruction)
     expected = reconstruction_loss(out.reconstruction, images) + 0.5 * spectrum_loss(out.reconstruction, images)
@@ -254,13 +257,9 @@ def test_spectrum_term_is_blind_to_phase_and_charges_blur():
 
 
 def test_l1_term_adds_to_the_mse_loss():
-    config = dict(image_size=8, base_channels=8, channel_mult=[1, 2], num_downsamples=1, latent_channels=8,
-                  codebook_size=16, vq_kmeans_init=False)
     images = torch.rand(2, 1, 8, 8) * 2 - 1
-    torch.manual_seed(0)
-    plain_out = ImageTokenizer(ImageTokenizerConfig(**config))(images)
-    torch.manual_seed(0)
-    out = ImageTokenizer(ImageTokenizerConfig(**config, l1_weight=0.25))(images)
+    plain, weighted = same_init_pair(l1_weight=0.25)
+    out, plain_out = weighted(images), plain(images)
     torch.testing.assert_close(plain_out.reconstruction, out.reconstruction)
     l1 = (out.reconstruction - images).abs().mean()
     torch.testing.assert_close(out.recon_loss, F.mse_loss(out.reconstruction, images) + 0.25 * l1)
