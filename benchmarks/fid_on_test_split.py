@@ -1,7 +1,8 @@
 """Inception FID on the Fashion-MNIST test split, beside the floor that real images reach at the same N.
 
     python benchmarks/fid_on_test_split.py [--pipeline runs/main/pipeline] [--num-images 1000] \\
-        [--guidance-scale 2 --guidance-schedule constant --temperature 1 --top-k 0 --top-p 1] [--skip-samples]
+        [--guidance-scale 2 --guidance-schedule constant --autoguidance-scale 0 --temperature 1 --top-k 0 \\
+        --top-p 1] [--skip-samples]
     python benchmarks/fid_on_test_split.py --tokenizer runs/main/tokenizer/final    # floor and rFID only
 
 Feature network: the standard FID Inception-v3 (2048-d pool features at 299x299). Sets of N
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     parser.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                         help="default: the pipeline's")
+    parser.add_argument("--autoguidance-scale", type=float, default=None, help="default: the pipeline's")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
@@ -130,11 +132,12 @@ def main() -> None:
         labels = balanced_labels(n, pipe.prior.layout.num_classes)
         options = pipe.sampling_options(labels, None, guidance_scale=args.guidance_scale, temperature=args.temperature,
                                         top_k=args.top_k, top_p=args.top_p, seed=0, batch_size=args.batch_size,
-                                        guidance_schedule=args.guidance_schedule)
+                                        guidance_schedule=args.guidance_schedule,
+                                        autoguidance_scale=args.autoguidance_scale)
         samples = pipe.generate(num_images=n, class_labels=labels, options=options, output_type="pt", progress=False)
         value = fid(network.compute(samples).features, feats_a)
         report["sampling"] = {"guidance_scale": options.guidance_scale, "guidance_schedule": options.guidance_schedule,
-                              "temperature": options.temperature,
+                              "autoguidance_scale": options.autoguidance_scale, "temperature": options.temperature,
                               "top_k": options.top_k, "top_p": options.top_p, "seed": 0,
                               "class_labels": "balanced" if labels else None}
         report["fid"]["samples"] = {"value": round(value, 3), "x_floor": round(value / floor, 3)}

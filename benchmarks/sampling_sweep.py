@@ -1,12 +1,13 @@
-"""Sweep a pipeline's sampling settings (guidance, temperature, top-k / top-p) for sample quality,
-and optionally store the best as the pipeline's defaults.
+"""Sweep a pipeline's sampling settings (guidance, autoguidance, temperature, top-k / top-p) for
+sample quality, and optionally store the best as the pipeline's defaults.
 
     python benchmarks/sampling_sweep.py [--pipeline runs/main/pipeline] [--num-samples 2000] \
         [--confirm-samples 10000] [--save]
 
 A coordinate sweep, each stage keeping the best setting of the one before: guidance at
-temperature 1 without filters (constant scales, and scales that rise linearly from 1 over the
-grid's codes), then temperature at that guidance, then a top-k or top-p filter.
+temperature 1 without filters and the pipeline's autoguidance scale (constant scales, and scales
+that rise linearly from 1 over the grid's codes), then, when the prior has a guide, the
+autoguidance scale at that guidance, then temperature, then a top-k or top-p filter.
 Every setting draws `--num-samples` class-balanced samples (seed 0) and measures them with the
 Fashion-MNIST classifier's features against 10,000 *training* images: FID, precision/recall
 and class accuracy. The test split is kept for the reported figures
@@ -15,12 +16,12 @@ and class accuracy. The test split is kept for the reported figures
 "Best": the lowest FID among the settings whose class accuracy and recall reach
 `--min-accuracy` / `--min-recall`, or the lowest FID when none does; FIDs within
 `--fid-tolerance` of it are ties, and a tie goes to the mildest setting (the least guidance on
-average over the codes, the temperature nearest 1, no filter), which keeps the most diversity. Recall moves with the
-sample count, so with `--confirm-samples N` the qualifying settings are measured again at N in
-that order, and the first that still qualifies there is the choice (the sweep's best when none
-does). `--save` writes the choice into the pipeline directory (`prior/generation_config.json` and
-the manifest's default guidance). Prints one JSON object with every setting's figures and the
-choice.
+average over the codes, the least autoguidance, the temperature nearest 1, no filter), which
+keeps the most diversity. Recall moves with the sample count, so with `--confirm-samples N` the
+qualifying settings are measured again at N in that order, and the first that still qualifies
+there is the choice (the sweep's best when none does). `--save` writes the choice into the
+pipeline directory (`prior/generation_config.json` and the manifest's default guidance). Prints
+one JSON object with every setting's figures and the choice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from stage2_prior import SamplingOptions  # noqa: E402
 
 GUIDANCE = (1.0, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 LINEAR_GUIDANCE = (2.0, 3.0, 4.0, 5.0, 6.0)    # the scale at the last code of a linear schedule
+AUTOGUIDANCE = (0.0, 0.5, 1.0, 1.5)
 TEMPERATURE = (0.85, 0.92, 1.0, 1.08)
 FILTERS = ({"top_k": 0, "top_p": 1.0}, {"top_k": 300}, {"top_k": 100}, {"top_p": 0.95})   # mildest first
 
@@ -52,7 +54,7 @@ def measure(args, options: SamplingOptions, num_samples: int) -> dict:
                                    metrics=["fid", "pr", "accuracy"], reference_size=10_000, options=options,
                                    cache_dir=args.cache_dir, progress=False)
     row = {"guidance_scale": options.guidance_scale, "guidance_schedule": options.guidance_schedule,
-           "temperature": options.temperature,
+           "autoguidance_scale": options.autoguidance_scale, "temperature": options.temperature,
            "top_k": options.top_k, "top_p": options.top_p, "num_samples": num_samples,
            **{name: round(figures[name]["value"], 4) for name in ("fid", "precision", "recall", "accuracy")},
            "seconds": round(time.perf_counter() - start, 1)}
@@ -80,7 +82,7 @@ def mean_guidance(options: SamplingOptions) -> float:
 
 def options_of(row: dict) -> SamplingOptions:
     return SamplingOptions(guidance_scale=row["guidance_scale"], guidance_schedule=row["guidance_schedule"],
-                           temperature=row["temperature"],
+                           autoguidance_scale=row["autoguidance_scale"], temperature=row["temperature"],
                            top_k=row["top_k"], top_p=row["top_p"])
 
 
@@ -112,6 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from pipelines import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.pipeline)
     measured: dict[SamplingOptions, dict] = {}   # a setting met again in a later stage is not sampled twice
 
     def stage(candidates: list[SamplingOptions]) -> dict:
@@ -120,11 +125,14 @@ def main() -> None:
                 measured[o] = measure(args, o, args.num_samples)
         return best([measured[o] for o in candidates], args.min_accuracy, args.min_recall, args.fid_tolerance)
 
-    plain = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0)
+    plain = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0,
+                            autoguidance_scale=pipe.sampling_defaults.autoguidance_scale or 0.0)
     scales = [replace(plain, guidance_scale=g, guidance_schedule="constant") for g in GUIDANCE]
     scales += [replace(plain, guidance_scale=g, guidance_schedule="linear") for g in LINEAR_GUIDANCE]
     chosen = stage(sorted(scales, key=mean_guidance))
     guidance = options_of(chosen)
+    if pipe.prior.guide is not None:
+        guidance = options_of(stage([replace(guidance, autoguidance_scale=a) for a in AUTOGUIDANCE]))
     temperatures = sorted(TEMPERATURE, key=lambda t: abs(t - 1))
     chosen = stage([replace(guidance, temperature=t) for t in temperatures])
     t = chosen["temperature"]
@@ -142,9 +150,6 @@ def main() -> None:
         choice = confirmed or choice
     report["best"] = choice
     if args.save:
-        from pipelines import Pipeline
-
-        pipe = Pipeline.from_pretrained(args.pipeline)
         pipe.sampling_defaults = options_of(choice)
         pipe.save_pretrained(args.pipeline)
         report["saved_to"] = args.pipeline

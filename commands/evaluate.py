@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     pipe.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                       help="constant, or rising linearly from 1 to --guidance-scale (default: the pipeline's)")
+    pipe.add_argument("--autoguidance-scale", type=float, default=None,
+                      help="steer away from the prior's guide, a weaker prior saved with it "
+                           "(0: off; default: the pipeline's)")
     pipe.add_argument("--temperature", type=float, default=None)
     pipe.add_argument("--top-k", type=int, default=None)
     pipe.add_argument("--top-p", type=float, default=None)
@@ -117,7 +120,8 @@ def run(argv: list[str] | None = None) -> dict:
         else:
             metrics = parse_metrics(args.metrics, PIPELINE_METRICS)
             options = SamplingOptions(guidance_schedule=args.guidance_schedule, temperature=args.temperature,
-                                      top_k=args.top_k, top_p=args.top_p)
+                                      top_k=args.top_k, top_p=args.top_p,
+                                      autoguidance_scale=args.autoguidance_scale)
             results, settings = evaluate_pipeline(
                 args.model, num_samples=args.num_samples, batch_size=args.batch_size or 256, seed=args.seed,
                 guidance_scale=args.guidance_scale, metrics=metrics, dataset=args.dataset,

@@ -335,9 +335,10 @@ def _budget(steps: int | None, minutes: float | None) -> list[str]:
 
 def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict:
     """Train (or reuse, or resume) the tokenizer, then the prior on its codes; returns what the
-    pipeline is assembled from: the sha256 of each stage's final weights and the prior recipe's
-    `sampling:` defaults."""
+    pipeline is assembled from: the sha256 of each stage's final weights (and of the prior's
+    guide, if it has one) and the prior recipe's `sampling:` defaults."""
     from stage1_tokenizer.train import TokenizerTrainConfig
+    from stage2_prior.model import GUIDE_FOLDER
     from stage2_prior.train import PriorTrainConfig, SamplingDefaults
 
     tokenizer_overrides, prior_overrides = stage_overrides(args, paths)
@@ -358,8 +359,9 @@ def train_stages(args: argparse.Namespace, paths: JobPaths) -> dict:
     run_stage("prior", "stage2_prior.train", args.prior_config, prior_run, prior_overrides, args.launch_args)
     sampling = SamplingDefaults(**config["sampling"]).options(config["conditional"],
                                                               config["model"]["class_dropout_prob"] > 0)
+    guide = prior_run / "final" / GUIDE_FOLDER / "model.safetensors"
     return {"tokenizer": tokenizer_weights, "prior": reuse.file_sha256(prior_run / "final" / "model.safetensors"),
-            "sampling": asdict(sampling)}
+            "guide": reuse.file_sha256(guide) if guide.is_file() else None, "sampling": asdict(sampling)}
 
 
 def assemble(paths: JobPaths, components: dict):

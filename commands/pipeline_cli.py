@@ -54,6 +54,9 @@ def _generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance-schedule", choices=("constant", "linear"), default=None,
                         help="guidance over the grid's codes: constant, or rising linearly from 1 to --guidance-scale "
                              "(default: the pipeline's)")
+    parser.add_argument("--autoguidance-scale", type=float, default=None,
+                        help="steer away from the prior's guide, a weaker prior saved with it "
+                           "(0: off; default: the pipeline's)")
     parser.add_argument("--temperature", type=float, default=None, help="default: the pipeline's (0: greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="default: the pipeline's (0: no top-k)")
     parser.add_argument("--top-p", type=float, default=None, help="default: the pipeline's (1: no top-p)")
@@ -77,8 +80,8 @@ def _sample(pipe, args: argparse.Namespace):
 
     labels = None if args.class_labels is None else [_label(t, pipe.class_names) for t in args.class_labels]
     options = SamplingOptions(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
-                              temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+                              autoguidance_scale=args.autoguidance_scale, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
     progress = not args.no_progress
     if args.per_class is not None:
         images = pipe.sample_grid(per_class=args.per_class, class_labels=labels, options=options, progress=progress)

@@ -274,7 +274,8 @@ def evaluate_pipeline(
         check_splits(held_out, nll_split, bpd_fit_split)
     options = pipe.sampling_options(labels, options, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = {"num_samples": num_samples, "seed": options.seed, "guidance_scale": options.guidance_scale,
-                "guidance_schedule": options.guidance_schedule, "temperature": options.temperature,
+                "guidance_schedule": options.guidance_schedule,
+                "autoguidance_scale": options.autoguidance_scale, "temperature": options.temperature,
                 "top_k": options.top_k, "top_p": options.top_p,
                 "class_labels": "balanced" if labels else None,
                 "prior_dtype": str(pipe.prior.lm.dtype).removeprefix("torch.")}

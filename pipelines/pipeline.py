@@ -7,7 +7,8 @@ A pipeline directory (or hub repo) holds
                        guidance (a copy for the model card; the prior's generation config holds it)
     tokenizer/         an `ImageTokenizer` (config.json + model.safetensors)
     prior/             an `ImagePrior` (transformers config.json + model.safetensors + token_layout.json
-                       + generation_config.json, the sampling defaults)
+                       + generation_config.json, the sampling defaults; + guide/, a weaker prior
+                       for autoguidance, when it has one)
     README.md          a model card with usage, metrics and a sample grid
     samples.png        the sample grid (fixed seed, one row per class)
     eval_report.json   the evaluation report, when one was supplied
@@ -33,7 +34,7 @@ import torch
 
 from stage1_tokenizer import ImageTokenizer
 from stage2_prior import ImagePrior, SamplingOptions, TokenLayout, sample_codes
-from stage2_prior.options import generation_config, save_generation_config
+from stage2_prior.options import save_generation_config
 from stage2_prior.sampling import resolve_options
 from trainkit import __version__
 from trainkit.devices import inference_dtype, use_channels_last
@@ -221,6 +222,7 @@ class Pipeline:
         progress: bool = True,
         options: SamplingOptions | None = None,
         guidance_schedule: str | None = None,
+        autoguidance_scale: float | None = None,
     ):
         """Sample images.
 
@@ -230,7 +232,8 @@ class Pipeline:
         one `options` object (keywords that are not None win); what both leave unset comes from
         `sampling_defaults`: `guidance_scale` from `default_guidance_scale` when labels are given
         (1.0, none, otherwise), `guidance_schedule` ("constant", or "linear": rising from 1 at the
-        first code to `guidance_scale` at the last), `temperature`, `top_k`, `top_p` from the prior's stored defaults
+        first code to `guidance_scale` at the last), `autoguidance_scale` (steering away from the
+        prior's guide, when it has one; 0: off), `temperature`, `top_k`, `top_p` from the prior's stored defaults
         (temperature 1 and no filters unless it stores others; `top_k=0` / `top_p=1.0` switch a
         stored filter off). `seed` makes the result reproducible, whatever `batch_size` (images
         sampled together; None: all at once). Output: "pil" a list of PIL images (mode L or RGB),
@@ -241,7 +244,7 @@ class Pipeline:
         n = self._num_images(num_images, class_labels)
         chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
                                        top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-                                       guidance_schedule=guidance_schedule)
+                                       guidance_schedule=guidance_schedule, autoguidance_scale=autoguidance_scale)
         codes = sample_codes(self.prior, n, class_labels=class_labels, options=chosen, progress=progress)
         return self.decode(codes, output_type=output_type)
 
@@ -283,8 +286,9 @@ class Pipeline:
             names = self.class_names or [str(i) for i in range(self.num_classes)]
             rows = ", ".join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(names))
             ramp = " (rising linearly from 1)" if chosen.guidance_schedule == "linear" else ""
+            auto = f", autoguidance {chosen.autoguidance_scale:g}" if chosen.autoguidance_scale else ""
             return (f"{per_class} samples per class, one row per class ({rows}); seed {seed}, "
-                    f"guidance scale {chosen.guidance_scale:g}{ramp}, {settings}")
+                    f"guidance scale {chosen.guidance_scale:g}{ramp}{auto}, {settings}")
         return f"{per_class * per_class} unconditional samples; seed {seed}, {settings}"
 
     # ------------------------------------------------------------------------------------ images <-> codes
@@ -406,6 +410,7 @@ class Pipeline:
         progress: bool = True,
         options: SamplingOptions | None = None,
         guidance_schedule: str | None = None,
+        autoguidance_scale: float | None = None,
     ):
         """Complete images from their top: encode them, keep the first `keep_rows` rows of codes
         (of the `h` rows of the grid), sample the rest with the prior, decode.
@@ -426,7 +431,7 @@ class Pipeline:
         prefix = codes.flatten(1)[:, :keep_rows * w]
         chosen = self.sampling_options(class_labels, options, guidance_scale=guidance_scale, temperature=temperature,
                                        top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-                                       guidance_schedule=guidance_schedule)
+                                       guidance_schedule=guidance_schedule, autoguidance_scale=autoguidance_scale)
         sampled = sample_codes(self.prior, codes.shape[0], class_labels=class_labels, options=chosen,
                                progress=progress, prefix=prefix)
         return self.decode(sampled, output_type=output_type)
@@ -447,7 +452,8 @@ class Pipeline:
                               "num_parameters": sum(p.numel() for p in self.tokenizer.parameters())},
                 "prior": {"class": COMPONENT_CLASSES["prior"], "folder": PRIOR_FOLDER,
                           "language_model": type(lm).__name__,
-                          "num_parameters": sum(p.numel() for p in self.prior.parameters())},
+                          "num_parameters": sum(p.numel() for p in lm.parameters()),
+                          "guide": self.prior.guide is not None},
             },
             "image_size": list(self.image_size),
             "channels": self.channels,
@@ -462,8 +468,7 @@ class Pipeline:
 
     def _save_sampling_defaults(self, prior_directory: Path) -> None:
         """Write the pipeline's `sampling_defaults` as the saved prior's `generation_config.json`."""
-        config = generation_config(self.layout, self.sampling_defaults, base=self.prior.lm.generation_config)
-        save_generation_config(prior_directory, config)
+        save_generation_config(prior_directory, self.prior.generation_config_to_save(self.sampling_defaults))
 
     def save_pretrained(self, save_directory: str | os.PathLike, eval_report: dict | str | os.PathLike | None = None,
                         samples: bool = True, samples_per_class: int = 8, repo_id: str | None = None) -> Path:

@@ -4,13 +4,15 @@ The language model is a real `LlamaForCausalLM` (RoPE positions) or `GPT2LMHeadM
 (learned absolute positions) built from `PriorConfig`, so a saved prior directory loads with
 `AutoModelForCausalLM.from_pretrained` and works with `generate` like any other. The prior's
 sampling defaults live in the language model's `generation_config` (saved as
-`generation_config.json`; see `stage2_prior.options`).
+`generation_config.json`; see `stage2_prior.options`). A prior may carry a guide for
+autoguidance: a weaker prior over the same layout (for one, its own weights early in training),
+saved in its `guide/` folder.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +27,8 @@ from trainkit.hub import HubModel
 from .layout import TokenLayout
 from .options import (SamplingOptions, generation_config, load_generation_config, read_sampling_defaults,
                       save_generation_config)
+
+GUIDE_FOLDER = "guide"
 
 
 @dataclass
@@ -77,9 +81,12 @@ BLOCK_CLASSES = ("LlamaDecoderLayer", "GPT2Block")
 
 
 class ImagePrior(HubModel, nn.Module):
-    """Causal LM + `TokenLayout`. `forward(codes, labels)` gives the NLL of the image tokens."""
+    """Causal LM + `TokenLayout`. `forward(codes, labels)` gives the NLL of the image tokens.
 
-    def __init__(self, lm: nn.Module, layout: TokenLayout):
+    `guide`: an optional weaker `ImagePrior` over the same layout, which sampling with an
+    `autoguidance_scale` > 0 steers away from (see `SamplingOptions`); it is not trained."""
+
+    def __init__(self, lm: nn.Module, layout: TokenLayout, guide: "ImagePrior | None" = None):
         super().__init__()
         self.lm = lm
         self.layout = layout
@@ -87,6 +94,10 @@ class ImagePrior(HubModel, nn.Module):
             raise ValueError(
                 f"the language model has {lm.config.vocab_size} ids but the token layout needs {layout.vocab_size}"
             )
+        if guide is not None and guide.layout != layout:
+            raise ValueError(f"the guide's token layout {guide.layout} is not the prior's {layout}: a guide must be "
+                             "a prior over the same codes and classes (e.g. the prior's own early weights)")
+        self.guide = guide
         # Through the setter: the language model's generation config is rewritten with the settings
         # that make `generate` emit exactly one grid, keeping the sampling defaults it holds.
         self.sampling_defaults = read_sampling_defaults(lm.generation_config)
@@ -98,7 +109,8 @@ class ImagePrior(HubModel, nn.Module):
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The transformer blocks' weight matrices (attention and MLP projections): what
         `train.optimizer=muon` trains with Muon. Embeddings, output layer and norms are not among them."""
-        return [p for m in self.modules() if type(m).__name__ in BLOCK_CLASSES for p in m.parameters() if p.ndim == 2]
+        blocks = [m for m in self.lm.modules() if type(m).__name__ in BLOCK_CLASSES]
+        return [p for m in blocks for p in m.parameters() if p.ndim == 2]
 
     def sequences(self, codes: torch.Tensor, labels: torch.Tensor | None, drop_class_prob: float = 0.0,
                   generator: torch.Generator | None = None, validate: bool = True) -> torch.Tensor:
@@ -146,12 +158,25 @@ class ImagePrior(HubModel, nn.Module):
 
     # ---------------------------------------------------------------- persistence
 
+    def generation_config_to_save(self, defaults: SamplingOptions | None = None):
+        """The generation config a save writes: `defaults` (None: the prior's own) with the guide
+        declared, as a default autoguidance scale (0 at least) with a guide and none without."""
+        defaults = self.sampling_defaults if defaults is None else defaults
+        declared = (defaults.autoguidance_scale or 0.0) if self.guide is not None else None
+        return generation_config(self.layout, replace(defaults, autoguidance_scale=declared),
+                                 base=self.lm.generation_config)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         """`config.json` + `model.safetensors` (transformers format) + `token_layout.json` +
-        `generation_config.json` (the sampling defaults)."""
+        `generation_config.json` (the sampling defaults) + the guide, if any, in `guide/`.
+        The generation config declares the guide (a default autoguidance scale, 0 at least),
+        so that a `guide/` folder left by an earlier save is never taken for this prior's."""
         self.lm.save_pretrained(save_directory, safe_serialization=True)
         self.layout.save(save_directory)
-        save_generation_config(save_directory, self.lm.generation_config)
+        save_generation_config(save_directory, self.generation_config_to_save())
+        if self.guide is not None:
+            (save_directory / GUIDE_FOLDER).mkdir()
+            self.guide._save_pretrained(save_directory / GUIDE_FOLDER)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu") -> "ImagePrior":
@@ -172,4 +197,10 @@ class ImagePrior(HubModel, nn.Module):
         stored = load_generation_config(directory)     # None for priors saved before it existed
         if stored is not None:
             lm.generation_config = stored
-        return cls(lm, layout).to(map_location).eval()
+        guide = None
+        if read_sampling_defaults(lm.generation_config).autoguidance_scale is not None:   # saved with a guide
+            if not (directory / GUIDE_FOLDER).is_dir():
+                raise CheckpointError(f"the prior in {str(directory)!r} was saved with a guide, but its "
+                                      f"{GUIDE_FOLDER}/ folder is missing: re-save or re-download the whole directory")
+            guide = cls._from_pretrained(model_id=str(directory / GUIDE_FOLDER), map_location=map_location)
+        return cls(lm, layout, guide).to(map_location).eval()

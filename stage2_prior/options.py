@@ -21,6 +21,9 @@ of image codes with them:
 - The default guidance schedule is stored under `class_guidance_schedule` ("constant" or
   "linear"); transformers' CFG processor knows only a constant scale, so `generate` reproduces
   our sampler's guidance only for the constant schedule.
+- The default autoguidance scale is stored under `autoguidance_scale`: a number (0: off) when
+  the prior was saved with its guide (the `guide/` folder, see `ImagePrior`), absent otherwise.
+  `generate` knows nothing of it.
 
 Fields missing from a stored config (priors saved before it carried sampling defaults) read as
 the built-in defaults: temperature 1, no top-k, no top-p, no stored guidance, a constant
@@ -42,6 +45,7 @@ from .layout import TokenLayout
 GENERATION_CONFIG_NAME = "generation_config.json"
 GUIDANCE_KEY = "class_guidance_scale"
 SCHEDULE_KEY = "class_guidance_schedule"
+AUTOGUIDANCE_KEY = "autoguidance_scale"
 GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
@@ -56,6 +60,10 @@ class SamplingOptions:
     rising from 1 (no guidance) at the first image code to `guidance_scale` at the last, so the
     first codes (the layout of the image) are drawn as the prior's conditional distribution has
     them and guidance sharpens the details;
+    `autoguidance_scale` a adds `a * (c - g)`, where g are the logits of the prior's guide (a
+    weaker version of the same prior, for one its weights early in training) for the same
+    condition: it pushes the samples away from what the weaker model gets wrong (autoguidance,
+    Karras et al., 2024), 0: off;
     `temperature` 0 is greedy; `top_k` 0 and `top_p` 1.0 switch those filters off explicitly
     (useful to override a stored default); `seed` makes the result reproducible whatever
     `batch_size` (images sampled together).
@@ -68,6 +76,7 @@ class SamplingOptions:
     seed: int | None = None
     batch_size: int | None = None
     guidance_schedule: str | None = None
+    autoguidance_scale: float | None = None
 
     def __post_init__(self):
         problems = []
@@ -76,6 +85,9 @@ class SamplingOptions:
         if self.guidance_schedule is not None and self.guidance_schedule not in GUIDANCE_SCHEDULES:
             problems.append(f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, "
                             f"got {self.guidance_schedule!r}")
+        if self.autoguidance_scale is not None and not (math.isfinite(self.autoguidance_scale)
+                                                        and self.autoguidance_scale >= 0):
+            problems.append(f"autoguidance_scale must be a finite number >= 0 (0: off), got {self.autoguidance_scale}")
         if self.temperature is not None and not self.temperature >= 0:
             problems.append(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k
@@ -112,8 +124,10 @@ def read_sampling_defaults(config) -> SamplingOptions:
     top_k = getattr(config, "top_k", None) or None
     top_p = getattr(config, "top_p", None)
     guidance = getattr(config, GUIDANCE_KEY, None)
+    auto = getattr(config, AUTOGUIDANCE_KEY, None)
     return SamplingOptions(guidance_scale=None if guidance is None else float(guidance),
                            guidance_schedule=getattr(config, SCHEDULE_KEY, None), temperature=temperature,
+                           autoguidance_scale=None if auto is None else float(auto),
                            top_k=None if top_k is None else int(top_k),
                            top_p=None if top_p is None or top_p >= 1.0 else float(top_p))
 
@@ -139,6 +153,7 @@ def generation_config(layout: TokenLayout, defaults: SamplingOptions, base=None)
     config.guidance_scale = None
     setattr(config, GUIDANCE_KEY, defaults.guidance_scale)
     setattr(config, SCHEDULE_KEY, defaults.guidance_schedule)
+    setattr(config, AUTOGUIDANCE_KEY, defaults.autoguidance_scale)
     config.max_new_tokens = config.min_new_tokens = layout.num_image_tokens
     config.suppress_tokens = list(range(layout.codebook_size, layout.vocab_size))
     config.bos_token_id = config.eos_token_id = config.pad_token_id = layout.bos_id

@@ -29,7 +29,7 @@ __all__ = ["SamplingOptions", "filter_logits", "guidance_scales", "pick_tokens",
 
 # What a call samples with where neither it nor the stored defaults say otherwise.
 BUILT_IN_DEFAULTS = SamplingOptions(guidance_scale=1.0, guidance_schedule="constant", temperature=1.0, top_k=0,
-                                    top_p=1.0)
+                                    top_p=1.0, autoguidance_scale=0.0)
 
 
 def guidance_scales(guidance_scale: float, schedule: str, num_positions: int) -> list[float]:
@@ -138,6 +138,16 @@ def _check_inputs(prior: ImagePrior, class_labels, guidance_scale: float, num_im
     return labels
 
 
+def _check_guide(prior: ImagePrior, autoguidance_scale: float) -> ImagePrior | None:
+    """The guide that autoguidance at this scale runs: None at scale 0; an error when the prior has none."""
+    if autoguidance_scale == 0:
+        return None
+    if prior.guide is None:
+        raise ValueError(f"autoguidance_scale={autoguidance_scale} needs a prior saved with a guide (train it with "
+                         "guide_fraction, see stage2_prior.train); this prior has none: use autoguidance_scale=0")
+    return prior.guide
+
+
 def _check_prefix(prior: ImagePrior, prefix: torch.Tensor | None, num_images: int) -> torch.Tensor:
     """The given codes as a CPU `LongTensor[N, n]` (n = 0 without a prefix)."""
     layout = prior.layout
@@ -167,8 +177,9 @@ def resolve_options(prior: ImagePrior, class_labels=None, options: SamplingOptio
 
     A default guidance scale applies only when class labels are given; unconditional sampling
     is unguided unless `options` asks for guidance (which `sample_codes` then rejects). In the
-    result `guidance_scale`, `guidance_schedule`, `temperature`, `top_k` and `top_p` are set
-    (`top_k=0` and `top_p=1.0` when off), so resolving it again gives it back whatever the defaults.
+    result `guidance_scale`, `guidance_schedule`, `autoguidance_scale`, `temperature`, `top_k` and
+    `top_p` are set (`top_k=0` and `top_p=1.0` when off), so resolving it again gives it back
+    whatever the defaults.
     """
     defaults = prior.sampling_defaults if defaults is None else defaults
     if class_labels is None:
@@ -193,6 +204,7 @@ def sample_codes(
     prefix: torch.Tensor | None = None,
     options: SamplingOptions | None = None,
     guidance_schedule: str | None = None,
+    autoguidance_scale: float | None = None,
 ) -> torch.Tensor:
     """Sample `num_images` code grids `LongTensor[N, h, w]`.
 
@@ -200,13 +212,16 @@ def sample_codes(
     class-conditional prior then samples from its null class). `guidance_scale` s mixes the
     conditional and null-class logits as `u + s * (c - u)` (1 = plain conditional sampling);
     both rows run in one doubled batch; `guidance_schedule` "linear" ramps s from 1 at the first
-    position to `guidance_scale` at the last (`guidance_scales`). Only image-code ids are ever
-    emitted.
+    position to `guidance_scale` at the last (`guidance_scales`). `autoguidance_scale` a adds
+    `a * (c - g)` with g the logits of the prior's guide (`ImagePrior.guide`) for the same
+    condition, which runs beside the prior with its own cache (0: off). Only image-code ids are
+    ever emitted.
 
-    The sampling options (`guidance_scale`, `guidance_schedule`, `temperature`, `top_k`, `top_p`,
-    `seed`, `batch_size`) may come as keywords or as one `options` object; keywords that are not
-    None win over `options`, and what both leave unset comes from the prior's `sampling_defaults`
-    (see `resolve_options`). `top_k=0` / `top_p=1.0` switch a stored filter off.
+    The sampling options (`guidance_scale`, `guidance_schedule`, `autoguidance_scale`,
+    `temperature`, `top_k`, `top_p`, `seed`, `batch_size`) may come as keywords or as one
+    `options` object; keywords that are not None win over `options`, and what both leave unset
+    comes from the prior's `sampling_defaults` (see `resolve_options`). `top_k=0` / `top_p=1.0`
+    switch a stored filter off.
 
     `prefix`: optional given codes `LongTensor[N, n]` (the first n positions in raster order,
     0 <= n <= h*w) that are kept verbatim; only positions n.. are sampled. With the KV cache
@@ -217,7 +232,8 @@ def sample_codes(
         raise ValueError(f"num_images must be positive, got {num_images}")
     overrides = (options or SamplingOptions()).merged(guidance_scale=guidance_scale, temperature=temperature,
                                                       top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-                                                      guidance_schedule=guidance_schedule)
+                                                      guidance_schedule=guidance_schedule,
+                                                      autoguidance_scale=autoguidance_scale)
     chosen = resolve_options(prior, class_labels, overrides)
     guidance_scale, temperature = chosen.guidance_scale, chosen.temperature
     top_k, top_p = chosen.top_k or None, (chosen.top_p if chosen.top_p < 1.0 else None)
@@ -231,6 +247,7 @@ def sample_codes(
     device = next(lm.parameters()).device
     T = layout.num_image_tokens
     scales = guidance_scales(guidance_scale, chosen.guidance_schedule, T) if guided else None
+    guide = _check_guide(prior, chosen.autoguidance_scale)
     batch_size = batch_size or num_images
     out = torch.empty(num_images, T, dtype=torch.long)
     bar = tqdm(total=num_images * (T - n), disable=not progress, desc="sampling", unit="tok")
@@ -239,7 +256,7 @@ def sample_codes(
             stop = min(start + batch_size, num_images)
             codes = _sample_batch(prior, labels[start:stop] if labels is not None else None,
                                   prefix[start:stop], seeds[start:stop].to(device), scales,
-                                  temperature, top_k, top_p, use_cache, bar)
+                                  (guide, chosen.autoguidance_scale), temperature, top_k, top_p, use_cache, bar)
             out[start:stop] = codes.cpu()
     bar.close()
     return out.reshape(num_images, *layout.grid)
@@ -272,12 +289,13 @@ class _Decoder:
 
 
 def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.Tensor, seeds: torch.Tensor,
-                  scales: list[float] | None, temperature: float, top_k: int | None, top_p: float | None,
-                  use_cache: bool, bar) -> torch.Tensor:
+                  scales: list[float] | None, autoguidance: tuple[ImagePrior | None, float], temperature: float,
+                  top_k: int | None, top_p: float | None, use_cache: bool, bar) -> torch.Tensor:
     """Codes `[B, T]` (on the prior's device) for one batch: a condition token and the given
     prefix read in one step, then one step per sampled position. With guidance (`scales`: one
     scale per position) the batch is doubled (conditional rows, then null-class rows) and both
-    halves take the mixed choice."""
+    halves take the mixed choice. With a guide (`autoguidance`: the guide, or None, and its
+    scale) the guide reads the conditional rows' ids too."""
     layout, lm = prior.layout, prior.lm
     B, n = prefix.shape
     K, T = layout.codebook_size, layout.num_image_tokens
@@ -290,13 +308,17 @@ def _sample_batch(prior: ImagePrior, labels: torch.Tensor | None, prefix: torch.
     codes = torch.empty(B, T, dtype=torch.long, device=device)
     codes[:, :n] = prefix.to(device)
     decoder = _Decoder(lm, rows, 1 + T, K, use_cache=use_cache)
+    guide, auto_scale = autoguidance
+    guide_decoder = _Decoder(guide.lm, B, 1 + T, K, use_cache=use_cache) if guide is not None else None
     given = codes[:, :n].repeat(2, 1) if guided else codes[:, :n]
     step_ids = torch.cat([cond[:, None].to(device), given], dim=1)
     for t in range(n, T):
         logits = decoder.step(step_ids)
+        c = logits[:B]
         if guided:
-            c, u = logits.chunk(2)
-            logits = torch.lerp(u, c, scales[t])                  # u + s (c - u)
+            logits = torch.lerp(logits[B:], c, scales[t])         # u + s (c - u)
+        if guide_decoder is not None:
+            logits = logits + auto_scale * (c - guide_decoder.step(step_ids[:B]))
         logits = filter_logits(logits, top_k, top_p, temperature)
         noise = uniform_noise(seeds, t, K) if temperature > 0 else None
         nxt = pick_tokens(logits, temperature, noise)

@@ -10,8 +10,9 @@ loss and evaluation are handed to the shared trainer (`trainkit.trainer`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from accelerate import Accelerator
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from stage1_tokenizer import ImageTokenizer
 from trainkit.config import console_script
 from trainkit.data import DataConfig
-from trainkit.trainer import HubConfig, TrainConfig, TrainTask, train_from_command_line
+from trainkit.trainer import HubConfig, TrainConfig, TrainTask, snapshot_dir, train_from_command_line
 
 from .evaluate import bits_per_token
 from .layout import TokenLayout
@@ -29,6 +30,8 @@ from .model import BLOCK_CLASSES, ImagePrior, PriorConfig
 from .options import SamplingOptions
 from .sampling import sample_codes
 from .tokens import build_token_splits
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class SamplingDefaults:
 
     guidance_scale: float = 2.0
     guidance_schedule: str = "constant"
+    autoguidance_scale: float = 0.0       # needs `guide_fraction`: the prior's early weights are its guide
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -52,8 +56,8 @@ class SamplingDefaults:
         conditional one trained without class dropout (it never saw the null class)."""
         guidance = (self.guidance_scale if class_dropout else 1.0) if conditional else None
         return SamplingOptions(guidance_scale=guidance, guidance_schedule=self.guidance_schedule,
-                               temperature=self.temperature, top_k=self.top_k,
-                               top_p=self.top_p)
+                               autoguidance_scale=self.autoguidance_scale, temperature=self.temperature,
+                               top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclass
@@ -71,7 +75,25 @@ class PriorTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    # The weights after this fraction of train.max_steps are saved with the final prior as its
+    # guide, which `sampling.autoguidance_scale` steers away from (None: no guide).
+    guide_fraction: float | None = None
     preview_per_class: int = 8               # preview grid: this many samples for each of up to 10 classes
+
+    def __post_init__(self):
+        if self.guide_fraction is not None and not 0 < self.guide_fraction < 1:
+            raise ValueError(f"guide_fraction={self.guide_fraction} must lie in (0, 1) (the guide is the prior's "
+                             "weights at that fraction of train.max_steps), or be null for no guide")
+        if self.sampling.autoguidance_scale > 0 and self.guide_fraction is None:
+            raise ValueError(f"sampling.autoguidance_scale={self.sampling.autoguidance_scale} needs a guide: set "
+                             "guide_fraction (e.g. 0.25), or sampling.autoguidance_scale=0")
+
+    @property
+    def guide_step(self) -> int | None:
+        """The step whose weights become the guide."""
+        if self.guide_fraction is None:
+            return None
+        return max(1, round(self.guide_fraction * self.train.max_steps))
 
 
 class PriorTask(TrainTask):
@@ -97,9 +119,38 @@ class PriorTask(TrainTask):
         set_seed(cfg.train.seed)
         self.model = ImagePrior.from_config(cfg.model, self.layout)
         self.sampling = cfg.sampling.options(self.layout.conditional, cfg.model.class_dropout_prob > 0)
-        self.model.sampling_defaults = self.sampling
+        self.model.sampling_defaults = replace(self.sampling, autoguidance_scale=None)   # the guide comes later
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
+
+    def snapshot_steps(self) -> tuple[int, ...]:
+        """The guide's step: the trainer saves the prior as it is then."""
+        return () if self.config.guide_step is None else (self.config.guide_step,)
+
+    def guide(self) -> ImagePrior | None:
+        """The saved guide, once training has passed `guide_step` (None before, or without one)."""
+        step = self.config.guide_step
+        directory = None if step is None else snapshot_dir(self.config.output_dir, step)
+        return ImagePrior.from_pretrained(directory) if directory is not None and directory.is_dir() else None
+
+    def with_guide(self, prior: ImagePrior) -> ImagePrior:
+        """The prior to sample and save: with its guide and the full sampling defaults once the guide
+        exists; before that, alone and without autoguidance."""
+        guide = self.guide()
+        if guide is None:
+            prior.sampling_defaults = replace(self.sampling, autoguidance_scale=None)
+            return prior
+        prior = ImagePrior(prior.lm, prior.layout, guide.to(next(prior.parameters()).device))
+        prior.sampling_defaults = self.sampling
+        return prior
+
+    def save_final(self, model, directory) -> None:
+        prior = self.with_guide(model)
+        if prior.guide is None and self.config.guide_step is not None:
+            logger.warning("the prior is saved without its guide: training has not reached its guide step %d "
+                           "(yet, or before a wall-clock cap), so it samples without autoguidance",
+                           self.config.guide_step)
+        prior.save_pretrained(directory)
 
     def shard_blocks(self) -> tuple[str, ...]:
         """The transformer blocks of both architectures: the units `train.shard=fsdp` shards."""
@@ -124,13 +175,15 @@ class PriorTask(TrainTask):
         return metrics, self.preview(prior, accelerator)
 
     def preview(self, prior: ImagePrior, accelerator: Accelerator) -> torch.Tensor:
-        """Decoded samples: one row per class (guided), or 64 unconditional samples."""
+        """Decoded samples with the sampling defaults (autoguidance once the guide exists): one
+        row per class, or 64 unconditional samples."""
         n = self.config.preview_per_class
         labels = None
         if self.layout.conditional:
             labels = [c for c in range(min(self.layout.num_classes, 10)) for _ in range(n)]
+        prior = self.with_guide(prior)
         with accelerator.autocast():
-            codes = sample_codes(prior, len(labels) if labels else 64, labels, seed=0, options=self.sampling)
+            codes = sample_codes(prior, len(labels) if labels else 64, labels, seed=0)
             self.tokenizer.to(accelerator.device)
             return self.tokenizer.decode(codes.to(accelerator.device)).float()
 

@@ -86,8 +86,8 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     """The long tokenizer is the main one trained for more steps, its discriminator's schedule and
     its checkpoints scaled with them, with its own dead-code threshold and without the main one's L1
     term (its figures were measured before it); the long prior is a larger
-    model trained for more steps, with its own sampling defaults; everything else is the main
-    recipes'."""
+    model trained for more steps, with its own sampling defaults and no guide (its figures were
+    measured without autoguidance); everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
     from trainkit.config import to_dict
 
@@ -102,6 +102,7 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
         for cfg in (short_cfg, long_cfg):
             del cfg["train"]["max_steps"], cfg["output_dir"]
             cfg.pop("tokenizer", None)
+            cfg.pop("guide_fraction", None)
             for section, keys in own.items():
                 for key in keys or list(cfg[section]):
                     del cfg[section][key]
@@ -110,11 +111,13 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     assert long_tokenizer.model.vq_restart_threshold == 0.25
     assert long_tokenizer.model.l1_weight == 0.0
     long_prior = load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml")
+    assert long_prior.guide_fraction is None and long_prior.sampling.autoguidance_scale == 0.0
     assert (long_prior.model.num_layers, long_prior.model.hidden_size) == (8, 256)
     # its own sampling defaults, all named in its file: none passes over from the main recipe's
     own_sampling = yaml.safe_load((CONFIGS / "prior/fashion_mnist_long.yaml").read_text())["sampling"]
     assert own_sampling == to_dict(long_prior)["sampling"] == {
-        "guidance_scale": 4.0, "guidance_schedule": "linear", "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        "guidance_scale": 4.0, "guidance_schedule": "linear", "autoguidance_scale": 0.0, "temperature": 1.0,
+        "top_k": 0, "top_p": 1.0}
 
 
 def test_the_tokenizer_recipes_start_their_discriminator_at_the_same_fraction_of_their_steps():

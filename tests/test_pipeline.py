@@ -143,7 +143,7 @@ def test_stored_sampling_defaults_apply_and_overrides_win(tmp_path):
     tuned = Pipeline(make_tokenizer(), prior)
     plain = Pipeline(make_tokenizer(), make_prior())
     assert tuned.sampling_defaults == SamplingOptions(guidance_scale=2.0, temperature=0.6, top_k=12)
-    constant = dict(guidance_schedule="constant")
+    constant = dict(guidance_schedule="constant", autoguidance_scale=0.0)
     assert tuned.sampling_options([0], seed=1) == SamplingOptions(2.0, 0.6, 12, 1.0, seed=1, **constant)
     assert tuned.sampling_options(None, SamplingOptions(top_k=0)) == SamplingOptions(1.0, 0.6, 0, 1.0, **constant)
     kw = dict(class_labels=[0, 1, 2, 0, 1, 2], seed=4, output_type="codes")
@@ -189,6 +189,34 @@ def test_a_linear_guidance_schedule_travels_with_the_pipeline(tmp_path):
     told = np.stack([np.asarray(PIL.Image.open(f)) for f in files])
     images = loaded.generate(class_labels=[0, 1], seed=3, progress=False, guidance_schedule="constant")
     assert np.array_equal(told, np.stack([np.asarray(im) for im in images]))
+
+
+def test_a_guide_and_its_autoguidance_travel_with_the_pipeline(tmp_path):
+    from commands.pipeline_cli import generate_main
+
+    guide = make_prior()
+    with torch.no_grad():
+        guide.lm.get_output_embeddings().weight.mul_(0.3)
+    prior = ImagePrior(make_prior().lm, guide.layout, guide)
+    prior.sampling_defaults = SamplingOptions(guidance_scale=2.0, autoguidance_scale=1.0)
+    auto = Pipeline(make_tokenizer(), prior)
+    kw = dict(class_labels=[0, 1, 2, 0, 1, 2], seed=4, output_type="codes")
+    ref = gen(auto, **kw)
+    assert not torch.equal(ref, gen(auto, autoguidance_scale=0.0, **kw))
+    assert torch.equal(gen(auto, autoguidance_scale=0.0, **kw), gen(Pipeline(make_tokenizer(), make_prior()), **kw))
+    saved = auto.save_pretrained(tmp_path / "p", samples=False)
+    assert json.loads((saved / "pipeline.json").read_text())["components"]["prior"]["guide"] is True
+    assert "guidance scale 2, autoguidance 1, temperature 1." in auto.grid_caption(8, seed=0)
+    assert (saved / "prior" / "guide" / "model.safetensors").is_file()
+    loaded = Pipeline.from_pretrained(saved)
+    assert loaded.sampling_defaults.autoguidance_scale == 1.0 and torch.equal(gen(loaded, **kw), ref)
+    files = generate_main([str(saved), "--class-labels", "0", "1", "--seed", "3", "--output-dir", str(tmp_path / "o"),
+                           "--no-progress", "--autoguidance-scale", "0"])
+    told = np.stack([np.asarray(PIL.Image.open(f)) for f in files])
+    images = loaded.generate(class_labels=[0, 1], seed=3, progress=False, autoguidance_scale=0.0)
+    assert np.array_equal(told, np.stack([np.asarray(im) for im in images]))
+    with pytest.raises(ValueError, match="needs a prior saved with a guide"):
+        gen(Pipeline(make_tokenizer(), make_prior()), autoguidance_scale=1.0, **kw)
 
 
 def test_assigned_sampling_defaults_follow_the_guidance_rule():

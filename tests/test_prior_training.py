@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import TINY_PRIOR, free_port, run_module
@@ -52,6 +53,28 @@ def test_unconditional_gpt2_prior(digits_parquet, tiny_tokenizer_dir, tmp_path):
     defaults = prior.sampling_defaults          # the recipe's sampling section, saved with the model
     assert (defaults.guidance_scale, defaults.temperature, defaults.top_k) == (None, 0.9, 7)
     assert defaults.top_p is None                # "no top-p" (1.0) reads back as unset: no filter
+
+
+def test_the_guide_is_the_prior_at_its_fraction_of_the_steps(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "prior"
+    run_module(prior_args(digits_parquet, tiny_tokenizer_dir, out, "train.max_steps=20", "guide_fraction=0.25",
+                          "sampling.autoguidance_scale=1.5"))
+    snapshot = out / "snapshots" / "step-0000005"
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [snapshot.name]
+    prior = ImagePrior.from_pretrained(out / "final")
+    assert prior.sampling_defaults.autoguidance_scale == 1.5 and prior.guide is not None
+    early = ImagePrior.from_pretrained(snapshot).state_dict()
+    assert all(torch.equal(v, early[k]) for k, v in prior.guide.state_dict().items())
+    assert not torch.equal(prior.lm.lm_head.weight, prior.guide.lm.lm_head.weight)
+    assert (out / "samples" / "step-0000020.png").is_file()      # the previews sample with the guide
+
+
+def test_guide_settings_are_checked():
+    recipe = "configs/prior/fashion_mnist.yaml"
+    for bad, message in (("guide_fraction=1.5", "must lie in \\(0, 1\\)"),
+                         ("guide_fraction=null", "needs a guide")):
+        with pytest.raises(ValueError, match=message):
+            load_config(PriorTrainConfig, recipe, [bad, "sampling.autoguidance_scale=1.0"])
 
 
 def test_two_process_prior_training(digits_parquet, tiny_tokenizer_dir, tmp_path):

@@ -262,6 +262,77 @@ def test_guided_greedy_matches_manual_mixing(prior, scale, schedule):
     assert torch.equal(sampled.flatten(1), codes)
 
 
+def with_guide(prior: ImagePrior, guide: ImagePrior) -> ImagePrior:
+    return ImagePrior(prior.lm, prior.layout, guide).eval()
+
+
+@pytest.mark.parametrize("scale, auto", [(1.0, 1.5), (3.0, 0.5)])
+def test_autoguided_greedy_matches_manual_mixing(prior, scale, auto):
+    """Autoguidance adds a * (c - g), g the guide's conditional logits, to the (guided) logits."""
+    guide = make_prior(type(prior.lm).__name__.startswith("GPT2") and "gpt2" or "llama", sharpen=10.0)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    guided = with_guide(prior, guide)
+    labels = torch.tensor([0, 1, 2, 3])
+    cond = LAYOUT.class_id(labels)[:, None]
+    null = torch.full_like(cond, LAYOUT.null_id)
+    codes = torch.empty(4, 0, dtype=torch.long)
+    for _ in range(T):
+        c = code_logits(prior, torch.cat([cond, codes], 1))[:, -1]
+        u = code_logits(prior, torch.cat([null, codes], 1))[:, -1]
+        g = code_logits(guide, torch.cat([cond, codes], 1))[:, -1]
+        codes = torch.cat([codes, (u + scale * (c - u) + auto * (c - g)).argmax(-1, keepdim=True)], 1)
+    sampled = sample_codes(guided, 4, class_labels=labels, guidance_scale=scale, autoguidance_scale=auto,
+                           temperature=0.0)
+    assert torch.equal(sampled.flatten(1), codes)
+    kw = dict(class_labels=[0, 1, 2, 3], seed=4, guidance_scale=scale)
+    assert torch.equal(sample_codes(guided, 4, autoguidance_scale=0.0, **kw), sample_codes(prior, 4, **kw))
+    assert not torch.equal(sample_codes(guided, 4, autoguidance_scale=auto, **kw), sample_codes(prior, 4, **kw))
+    assert torch.equal(sample_codes(guided, 4, autoguidance_scale=auto, use_cache=False, **kw),
+                       sample_codes(guided, 4, autoguidance_scale=auto, batch_size=3, **kw))
+
+
+def test_autoguidance_needs_a_guide_of_the_same_layout(prior, uncond_prior):
+    with pytest.raises(ValueError, match="needs a prior saved with a guide"):
+        sample_codes(prior, 2, class_labels=[0, 1], autoguidance_scale=1.0)
+    with pytest.raises(ValueError, match="same codes and classes"):
+        ImagePrior(prior.lm, prior.layout, uncond_prior)
+    with pytest.raises(ValueError, match="autoguidance_scale must be a finite number >= 0"):
+        SamplingOptions(autoguidance_scale=-1.0)
+    # unconditional sampling takes autoguidance too: the guide reads the same start token
+    guided = with_guide(uncond_prior, make_prior("llama", layout=UNCOND, sharpen=5.0))
+    assert not torch.equal(sample_codes(guided, 3, seed=1, autoguidance_scale=2.0), sample_codes(guided, 3, seed=1))
+
+
+def test_a_prior_saved_with_its_guide_loads_with_it(tmp_path):
+    import json
+    import shutil
+
+    prior = with_guide(make_prior(), make_prior(sharpen=5.0))
+    prior.sampling_defaults = SamplingOptions(guidance_scale=2.0, autoguidance_scale=0.75)
+    prior.save_pretrained(tmp_path / "p")
+    stored = json.loads((tmp_path / "p" / "generation_config.json").read_text())
+    assert stored["autoguidance_scale"] == 0.75 and (tmp_path / "p" / "guide" / "model.safetensors").is_file()
+    reloaded = ImagePrior.from_pretrained(tmp_path / "p")
+    assert reloaded.guide is not None and reloaded.sampling_defaults.autoguidance_scale == 0.75
+    labels = [0, 1, 2, 3]
+    assert torch.equal(sample_codes(reloaded, 4, class_labels=labels, seed=2),
+                       sample_codes(prior, 4, class_labels=labels, seed=2))
+    # saved again without the guide into the same directory: the old guide/ folder is not taken for its
+    alone = make_prior()
+    alone.sampling_defaults = SamplingOptions(guidance_scale=2.0, autoguidance_scale=0.75)
+    alone.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "guide").is_dir()
+    assert ImagePrior.from_pretrained(tmp_path / "p").guide is None
+    assert json.loads((tmp_path / "p" / "generation_config.json").read_text()).get("autoguidance_scale") is None
+    # a prior saved with a guide whose folder went missing is an error that says so
+    prior.save_pretrained(tmp_path / "q")
+    shutil.rmtree(tmp_path / "q" / "guide")
+    with pytest.raises(CheckpointError, match="guide/ folder is missing"):
+        ImagePrior.from_pretrained(tmp_path / "q")
+
+
 def test_guidance_schedules():
     assert guidance_scales(3.0, "constant", 4) == [3.0] * 4
     assert guidance_scales(4.0, "linear", 4) == [1.0, 2.0, 3.0, 4.0]
@@ -441,12 +512,12 @@ def test_top_k_zero_and_top_p_one_mean_no_filter(prior):
     assert torch.equal(ref, sample_codes(prior, 4, top_k=0, top_p=1.0, **kw))
     chosen = resolve_options(prior, [0], SamplingOptions(top_k=0, top_p=1.0))
     assert chosen == SamplingOptions(guidance_scale=1.0, guidance_schedule="constant", temperature=1.0, top_k=0,
-                                     top_p=1.0)
+                                     top_p=1.0, autoguidance_scale=0.0)
     tuned = make_prior()
     tuned.sampling_defaults = SamplingOptions(top_k=3, top_p=0.5, temperature=2.0, guidance_scale=2.0)
     assert resolve_options(tuned, [0], chosen) == chosen                      # resolving twice changes nothing
     assert resolve_options(tuned, None) == SamplingOptions(guidance_scale=1.0, guidance_schedule="constant",
-                                                           temperature=2.0, top_k=3, top_p=0.5)
+                                                           temperature=2.0, top_k=3, top_p=0.5, autoguidance_scale=0.0)
 
 
 @pytest.mark.parametrize("old_file", [False, True])

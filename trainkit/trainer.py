@@ -6,7 +6,8 @@ model) and hands it to `Trainer`. The trainer gives it: any number of processes,
 precision, gradient accumulation, warm-up + cosine learning rates over a step budget (and an
 optional wall-clock cap), a progress bar, tensorboard and `metrics.jsonl`, preview images,
 atomic checkpoints with `resume=latest`, a guard against NaN/inf gradients, a weight average,
-the final model in `output_dir/final` and optional hub pushes.
+snapshots of the model at the steps the task names (`output_dir/snapshots/step-N`), the final
+model in `output_dir/final` and optional hub pushes.
 
 A run goes through named phases: `setup` (processes, data, models, optimizers, resume),
 `train_step` (one micro-batch: loss, backward; on accumulation boundaries, the checked
@@ -152,6 +153,11 @@ class TrainTask:
         """Modules besides `model` that the trainer optimises, checkpoints and resumes."""
         return []
 
+    def snapshot_steps(self) -> tuple[int, ...]:
+        """Steps after which the trained model is saved as it is then, in its `from_pretrained`
+        format, to `snapshot_dir(output_dir, step)` (e.g. an early model the final one uses)."""
+        return ()
+
     def training_step(self, model: torch.nn.Module, batch: Any, step: int, **parts: torch.nn.Module
                       ) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, torch.Tensor | float]]:
         """The loss of one micro-batch (a scalar tensor, or `{part name: loss}` with `"model"` for the
@@ -181,6 +187,11 @@ class TrainTask:
         """The model's weight matrices between its input embedding and its output layer, which
         `train.optimizer=muon` trains with Muon; none unless the task names them."""
         return []
+
+
+def snapshot_dir(output_dir: str | Path, step: int) -> Path:
+    """Where the trainer saves the model after `step` when the task asks (`TrainTask.snapshot_steps`)."""
+    return Path(output_dir) / "snapshots" / f"step-{step:07d}"
 
 
 def _keeping_rng(batches):
@@ -522,6 +533,8 @@ class Trainer:
         last = self._budget_spent()
         if state.step % cfg.eval_every == 0 and not last:
             self.evaluate()
+        if state.step in self.task.snapshot_steps():
+            self.snapshot()
         if state.step % cfg.checkpoint_every == 0 or last:
             self.checkpoint()
 
@@ -598,6 +611,14 @@ class Trainer:
             if push:
                 self._push(f"step {state.step}", model)
         accelerator.wait_for_everyone()
+
+    def snapshot(self) -> None:
+        """The trained model as it is after this step, saved atomically to `snapshot_dir` (before
+        the step's checkpoint, so a run resumed from that checkpoint finds it)."""
+        model = self.trained_model()   # every process takes part in a sharded gather
+        if self.accelerator.is_main_process:
+            model.save_pretrained(snapshot_dir(self.output_dir, self.state.step))
+        self.accelerator.wait_for_everyone()
 
     def finish(self) -> dict[str, float]:
         """A last evaluation, the final model in `output_dir/final` (+ its metrics), the hub push."""
