@@ -120,6 +120,7 @@ class PriorTask(TrainTask):
         self.model = ImagePrior.from_config(cfg.model, self.layout)
         self.sampling = cfg.sampling.options(self.layout.conditional, cfg.model.class_dropout_prob > 0)
         self.model.sampling_defaults = replace(self.sampling, autoguidance_scale=None)   # the guide comes later
+        self._guide: ImagePrior | None = None
         self.train_dataset = tokens.train
         self.val_dataset = tokens.val
 
@@ -128,10 +129,12 @@ class PriorTask(TrainTask):
         return () if self.config.guide_step is None else (self.config.guide_step,)
 
     def guide(self) -> ImagePrior | None:
-        """The saved guide, once training has passed `guide_step` (None before, or without one)."""
+        """The saved guide, once training has passed `guide_step` (None before, or without one);
+        read from its snapshot once, then kept."""
         step = self.config.guide_step
-        directory = None if step is None else snapshot_dir(self.config.output_dir, step)
-        return ImagePrior.from_pretrained(directory) if directory is not None and directory.is_dir() else None
+        if self._guide is None and step is not None and snapshot_dir(self.config.output_dir, step).is_dir():
+            self._guide = ImagePrior.from_pretrained(snapshot_dir(self.config.output_dir, step))
+        return self._guide
 
     def with_guide(self, prior: ImagePrior) -> ImagePrior:
         """The prior to sample and save: with its guide and the full sampling defaults once the guide
