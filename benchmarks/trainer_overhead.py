@@ -4,7 +4,7 @@
     python benchmarks/trainer_overhead.py --stage prior
 
 The bare step is forward + backward + gradient clipping + AdamW on one batch held in memory,
-in the recipe's precision: what the hardware allows for this model. The trainer step is the
+in the recipe's precision (compiled if the recipe compiles): what the hardware allows for this model. The trainer step is the
 same recipe run by `trainkit.trainer.run_training` on the real data (data loading, logging,
 the finite check and the schedule included; no evaluation or checkpoint inside the timed
 steps), timed between consecutive calls of the task's `training_step`. The tokenizer trains on
@@ -35,7 +35,7 @@ from stage2_prior.tokens import TokenDataset  # noqa: E402
 from stage2_prior.train import PriorTask, PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
 from trainkit.devices import resolve_mixed_precision, use_channels_last  # noqa: E402
-from trainkit.trainer import TrainTask, run_training  # noqa: E402
+from trainkit.trainer import TrainTask, compile_for_training, run_training  # noqa: E402
 
 from machine import machine_kind  # noqa: E402  (this folder)
 
@@ -49,6 +49,8 @@ def prior_task(cfg: PriorTrainConfig, num_grids: int = 8192) -> PriorTask:
     task = PriorTask.__new__(PriorTask)
     task.config, task.layout = cfg, layout
     task.model = ImagePrior.from_config(cfg.model, layout)
+    task.sampling = cfg.sampling.options(layout.conditional, cfg.model.class_dropout_prob > 0)
+    task._guide = None
     codes = torch.randint(0, layout.codebook_size, (num_grids, *layout.grid), generator=g)
     task.train_dataset = TokenDataset(codes, torch.randint(0, 10, (num_grids,), generator=g), layout.codebook_size)
     task.val_dataset = None
@@ -68,6 +70,7 @@ def bare_step_seconds(task: TrainTask, cfg, steps: int, warmup: int) -> float:
     model = task.model.train()
     if cfg.train.channels_last:
         use_channels_last(model)
+    step_model = compile_for_training(model) if cfg.train.compile else model
     opt = torch.optim.AdamW(task.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                             betas=tuple(cfg.train.betas))
     loader = torch.utils.data.DataLoader(task.train_dataset, batch_size=cfg.train.batch_size, shuffle=True)
@@ -77,7 +80,7 @@ def bare_step_seconds(task: TrainTask, cfg, steps: int, warmup: int) -> float:
     for i in range(warmup + steps):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = task.training_step(model, batch, i)
+            loss, _ = task.training_step(step_model, batch, i)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
         opt.step()
