@@ -4,11 +4,11 @@
     python benchmarks/trainer_overhead.py --stage prior
 
 The bare step is forward + backward + gradient clipping + AdamW on one batch held in memory,
-in the recipe's precision (compiled if the recipe compiles): what the hardware allows for this model. The trainer step is the
-same recipe run by `trainkit.trainer.run_training` on the real data (data loading, logging,
-the finite check and the schedule included; no evaluation or checkpoint inside the timed
-steps), timed between consecutive calls of the task's `training_step`. The tokenizer trains on
-Fashion-MNIST; the prior on random code grids of the recipe's shape (1024 codes on 7x7, 10
+in the recipe's precision, compiled if the recipe compiles: what the hardware allows for this
+model. The trainer step is the same recipe run by `trainkit.trainer.run_training` on the real
+data (data loading, logging, the finite check and the schedule included; no evaluation or
+checkpoint inside the timed steps), timed between consecutive calls of the task's
+`training_step`. The tokenizer trains on Fashion-MNIST; the prior on random code grids of the recipe's shape (1024 codes on 7x7, 10
 classes), since its data are code grids either way. Prints one JSON object: medians over the
 steps after `--warmup`, and their ratio, with the machine kind.
 """
@@ -46,6 +46,7 @@ def prior_task(cfg: PriorTrainConfig, num_grids: int = 8192) -> PriorTask:
     """The recipe's prior task on random code grids (no tokenizer or token cache needed)."""
     layout = TokenLayout(1024, (7, 7), 10)
     g = torch.Generator().manual_seed(0)
+    cfg.guide_fraction = None   # the guide is a save of the weights, outside the timed steps
     task = PriorTask.__new__(PriorTask)
     task.config, task.layout = cfg, layout
     task.model = ImagePrior.from_config(cfg.model, layout)
