@@ -8,8 +8,8 @@ in the recipe's precision, compiled if the recipe compiles: what the hardware al
 model. The trainer step is the same recipe run by `trainkit.trainer.run_training` on the real
 data (data loading, logging, the finite check and the schedule included; no evaluation or
 checkpoint inside the timed steps), timed between consecutive calls of the task's
-`training_step`. The tokenizer trains on Fashion-MNIST; the prior on random code grids of the recipe's shape (1024 codes on 7x7, 10
-classes), since its data are code grids either way. Prints one JSON object: medians over the
+`training_step`. The tokenizer trains on Fashion-MNIST; the prior on random code grids of the
+recipe's shape (1024 codes on 7x7, 10 classes), since its data are code grids either way. Prints one JSON object: medians over the
 steps after `--warmup`, and their ratio, with the machine kind.
 """
 
@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 from stage1_tokenizer.train import TokenizerTask, TokenizerTrainConfig  # noqa: E402
 from stage2_prior.layout import TokenLayout  # noqa: E402
-from stage2_prior.model import ImagePrior  # noqa: E402
 from stage2_prior.tokens import TokenDataset  # noqa: E402
 from stage2_prior.train import PriorTask, PriorTrainConfig  # noqa: E402
 from trainkit.config import load_config  # noqa: E402
@@ -47,15 +46,9 @@ def prior_task(cfg: PriorTrainConfig, num_grids: int = 8192) -> PriorTask:
     layout = TokenLayout(1024, (7, 7), 10)
     g = torch.Generator().manual_seed(0)
     cfg.guide_fraction = None   # the guide is a save of the weights, outside the timed steps
-    task = PriorTask.__new__(PriorTask)
-    task.config, task.layout = cfg, layout
-    task.model = ImagePrior.from_config(cfg.model, layout)
-    task.sampling = cfg.sampling.options(layout.conditional, cfg.model.class_dropout_prob > 0)
-    task._guide = None
     codes = torch.randint(0, layout.codebook_size, (num_grids, *layout.grid), generator=g)
-    task.train_dataset = TokenDataset(codes, torch.randint(0, 10, (num_grids,), generator=g), layout.codebook_size)
-    task.val_dataset = None
-    return task
+    labels = torch.randint(0, 10, (num_grids,), generator=g)
+    return PriorTask.on_codes(cfg, layout, TokenDataset(codes, labels, layout.codebook_size))
 
 
 def build_task(stage: str, overrides: list[str]) -> tuple[TrainTask, object]:

@@ -112,17 +112,32 @@ class PriorTask(TrainTask):
             raise ValueError(f"the data {data.dataset!r} has no class labels: set conditional=false "
                              "for an unconditional prior, or data.label_column")
         num_classes = tokens.num_classes if cfg.conditional else 0
-        self.layout = TokenLayout(tokens.codebook_size, tokens.grid, num_classes,
-                                  tokens.class_names if cfg.conditional else None)
+        layout = TokenLayout(tokens.codebook_size, tokens.grid, num_classes,
+                             tokens.class_names if cfg.conditional else None)
+        self._start(layout, tokens.train, tokens.val)
+
+    @classmethod
+    def on_codes(cls, cfg: PriorTrainConfig, layout: TokenLayout, train_dataset, val_dataset=None) -> "PriorTask":
+        """The task on code datasets already at hand, without a tokenizer (so without previews:
+        give no `val_dataset` to train it), e.g. to time the prior's steps."""
+        task = cls.__new__(cls)
+        task.config, task.tokenizer = cfg, None
+        task._start(layout, train_dataset, val_dataset)
+        return task
+
+    def _start(self, layout: TokenLayout, train_dataset, val_dataset) -> None:
+        """The model, its sampling defaults and the datasets, for the codes of `layout`."""
+        cfg = self.config
+        self.layout = layout
         # Building the token cache draws random numbers; reusing it does not. Seed again so the
         # initial weights are the same either way.
         set_seed(cfg.train.seed)
-        self.model = ImagePrior.from_config(cfg.model, self.layout)
-        self.sampling = cfg.sampling.options(self.layout.conditional, cfg.model.class_dropout_prob > 0)
+        self.model = ImagePrior.from_config(cfg.model, layout)
+        self.sampling = cfg.sampling.options(layout.conditional, cfg.model.class_dropout_prob > 0)
         self.model.sampling_defaults = replace(self.sampling, autoguidance_scale=None)   # the guide comes later
         self._guide: ImagePrior | None = None
-        self.train_dataset = tokens.train
-        self.val_dataset = tokens.val
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
 
     def snapshot_steps(self) -> tuple[int, ...]:
         """The guide's step: the trainer saves the prior as it is then."""
