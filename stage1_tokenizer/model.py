@@ -145,6 +145,12 @@ class ImageTokenizer(PretrainedMixin, nn.Module):
         return TokenizerOutput(recon, q.codes, recon_loss + q.loss, recon_loss, q.loss, stats)
 
     @torch.no_grad()
+    def code_vectors(self) -> torch.Tensor:
+        """`[K, D]`: the latent vector the decoder reads for each code (float32)."""
+        codes = torch.arange(self.codebook_size, device=self.quantizer.codebook.device)
+        return self.quantizer.embed(codes.view(1, -1, 1))[0, :, :, 0].t().float()
+
+    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images `[B, C, H, W]` in [-1, 1] -> codes `LongTensor[B, h, w]` (argmax / nearest code)."""
         self._check_images(images)

@@ -47,6 +47,10 @@ class PriorConfig:
     # attention trains faster than "sdpa" (figures in benchmarks/README.md). Saved priors load with
     # transformers' default.
     attn_implementation: Literal["eager", "sdpa"] = "eager"
+    # The image codes' input embeddings at the start of training: "normal", the architecture's own
+    # random init, or "codebook", a fixed random projection of the tokenizer's code vectors, so that
+    # codes the decoder reads alike start alike (`ImagePrior.init_code_embeddings`).
+    code_embedding_init: Literal["normal", "codebook"] = "normal"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -105,6 +109,22 @@ class ImagePrior(HubModel, nn.Module):
     @classmethod
     def from_config(cls, config: PriorConfig, layout: TokenLayout) -> "ImagePrior":
         return cls(build_causal_lm(config, layout), layout)
+
+    @torch.no_grad()
+    def init_code_embeddings(self, vectors: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the image codes' input embeddings to `vectors [K, D]` (the tokenizer's code vectors),
+        centred and mapped to the embedding width by a random Gaussian matrix drawn from `generator`,
+        which keeps their distances up to a common factor; scaled to the embeddings' present spread.
+        The class, null and BOS tokens keep theirs."""
+        table = self.lm.get_input_embeddings().weight
+        size = self.layout.codebook_size
+        if vectors.ndim != 2 or vectors.shape[0] != size:
+            raise ValueError(f"need one vector per image code, [{size}, D]; got {list(vectors.shape)}")
+        vectors = vectors.detach().float().cpu()
+        projection = torch.randn(vectors.shape[1], table.shape[1], generator=generator)
+        rows = (vectors - vectors.mean(0)) @ projection
+        rows = rows * (table[:size].float().std() / rows.std().clamp_min(1e-12))
+        table[:size] = rows.to(table)
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The transformer blocks' weight matrices (attention and MLP projections): what

@@ -133,6 +133,12 @@ class PriorTask(TrainTask):
         # initial weights are the same either way.
         set_seed(cfg.train.seed)
         self.model = ImagePrior.from_config(cfg.model, layout)
+        if cfg.model.code_embedding_init == "codebook":
+            if self.tokenizer is None:
+                raise ValueError("model.code_embedding_init=codebook needs the tokenizer's code vectors: build "
+                                 "the task with PriorTask(cfg), or set model.code_embedding_init=normal")
+            projection = torch.Generator().manual_seed(cfg.train.seed)
+            self.model.init_code_embeddings(self.tokenizer.code_vectors(), projection)
         self.sampling = cfg.sampling.options(layout.conditional, cfg.model.class_dropout_prob > 0)
         self.model.sampling_defaults = replace(self.sampling, autoguidance_scale=None)   # the guide comes later
         self._guide: ImagePrior | None = None

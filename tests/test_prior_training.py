@@ -110,6 +110,51 @@ def test_initial_weights_do_not_depend_on_whether_the_token_cache_was_built(digi
         assert torch.equal(a, b), name
 
 
+def test_code_embeddings_from_vectors_keep_their_geometry():
+    from stage2_prior.layout import TokenLayout
+    from stage2_prior.model import PriorConfig
+
+    layout = TokenLayout(32, (4, 4), 10)
+    prior = ImagePrior.from_config(PriorConfig(hidden_size=64, num_layers=1, num_heads=2), layout)
+    table = prior.lm.get_input_embeddings().weight
+    before = table.detach().clone()
+    vectors = torch.randn(32, 8) + 5.0                  # off-centre: the projection centres them
+    vectors[7] = vectors[3]
+    prior.init_code_embeddings(vectors, torch.Generator().manual_seed(0))
+    rows = table[:32].detach()
+    assert torch.equal(rows[7], rows[3]) and not torch.equal(rows[3], rows[4])
+    assert torch.equal(table[32:].detach(), before[32:])               # class, null and BOS tokens keep theirs
+    assert abs(rows.std().item() - before[:32].std().item()) < 1e-4
+    centred = vectors - vectors.mean(0)
+    fit = torch.linalg.lstsq(centred, rows).solution                     # a linear map of the centred vectors
+    torch.testing.assert_close(centred @ fit, rows, atol=1e-4, rtol=1e-4)
+    distances = torch.stack([torch.pdist(centred), torch.pdist(rows)])
+    assert torch.corrcoef(distances)[0, 1] > 0.8                        # near codes start near
+    with pytest.raises(ValueError, match="one vector per image code"):
+        prior.init_code_embeddings(torch.randn(31, 8))
+
+
+def test_the_prior_can_start_from_the_tokenizers_code_vectors(digits_parquet, tiny_tokenizer_dir, tmp_path):
+    from stage2_prior.train import PriorTask
+
+    args = [f"data.dataset={digits_parquet}", f"tokenizer={tiny_tokenizer_dir}",
+            f"token_cache_dir={tmp_path / 'tokens'}", *TINY_PRIOR]
+    task = PriorTask(load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml",
+                                 [*args, "model.code_embedding_init=codebook"]))
+    plain = PriorTask(load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml", args))
+    size = task.layout.codebook_size
+    rows = task.model.lm.get_input_embeddings().weight[:size].detach()
+    centred = task.tokenizer.code_vectors() - task.tokenizer.code_vectors().mean(0)
+    fit = torch.linalg.lstsq(centred, rows).solution
+    torch.testing.assert_close(centred @ fit, rows, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain.model.lm.get_input_embeddings().weight[:size], rows)
+    for (name, a), (_, b) in zip(task.model.lm.model.layers.state_dict().items(),
+                                 plain.model.lm.model.layers.state_dict().items()):
+        assert torch.equal(a, b), name                                   # only the code embeddings differ
+    with pytest.raises(ValueError, match="needs the tokenizer's code vectors"):
+        PriorTask.on_codes(task.config, task.layout, task.train_dataset)
+
+
 def test_muon_takes_the_blocks_matrices_of_both_architectures():
     """Muon's share of the prior: every 2-D weight inside the transformer blocks; the embeddings and
     the output layer stay on AdamW."""

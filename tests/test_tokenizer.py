@@ -156,6 +156,17 @@ def test_save_load_round_trip_gives_identical_codes(tmp_path, quantizer):
     torch.testing.assert_close(loaded.decode(model.encode(images)), model.decode(model.encode(images)))
 
 
+@pytest.mark.parametrize("quantizer, extra", [("vq", {}), ("vq", dict(vq_codebook_dim=4, vq_l2_normalize=True)),
+                                               ("gumbel", {})])
+def test_code_vectors_are_what_the_decoder_reads(quantizer, extra):
+    torch.manual_seed(0)
+    model = tiny(quantizer, **extra).eval()
+    vectors = model.code_vectors()
+    assert vectors.shape == (32, 8) and vectors.dtype == torch.float32
+    codes = torch.randint(0, 32, (3, 4, 4))
+    torch.testing.assert_close(model.quantizer.embed(codes), vectors[codes].permute(0, 3, 1, 2))
+
+
 def test_a_loaded_tokenizer_runs_channels_last_and_saves_the_usual_layout(tmp_path):
     from safetensors.torch import load_file
 
