@@ -9,8 +9,9 @@ model. The trainer step is the same recipe run by `trainkit.trainer.run_training
 data (data loading, logging, the finite check and the schedule included; no evaluation or
 checkpoint inside the timed steps), timed between consecutive calls of the task's
 `training_step`. The tokenizer trains on Fashion-MNIST; the prior on random code grids of the
-recipe's shape (1024 codes on 7x7, 10 classes), since its data are code grids either way. Prints one JSON object: medians over the
-steps after `--warmup`, and their ratio, with the machine kind.
+recipe's shape (1024 codes on 7x7, 10 classes), since its data are code grids either way.
+Prints one JSON object: medians over the steps after `--warmup`, and their ratio, with the
+machine kind.
 """
 
 from __future__ import annotations

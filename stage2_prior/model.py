@@ -120,7 +120,7 @@ class ImagePrior(HubModel, nn.Module):
         size = self.layout.codebook_size
         if vectors.ndim != 2 or vectors.shape[0] != size:
             raise ValueError(f"need one vector per image code, [{size}, D]; got {list(vectors.shape)}")
-        vectors = vectors.detach().float().cpu()
+        vectors = vectors.float().cpu()
         projection = torch.randn(vectors.shape[1], table.shape[1], generator=generator)
         rows = (vectors - vectors.mean(0)) @ projection
         rows = rows * (table[:size].float().std() / rows.std().clamp_min(1e-12))

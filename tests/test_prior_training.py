@@ -144,7 +144,8 @@ def test_the_prior_can_start_from_the_tokenizers_code_vectors(digits_parquet, ti
     plain = PriorTask(load_config(PriorTrainConfig, "configs/prior/fashion_mnist.yaml", args))
     size = task.layout.codebook_size
     rows = task.model.lm.get_input_embeddings().weight[:size].detach()
-    centred = task.tokenizer.code_vectors() - task.tokenizer.code_vectors().mean(0)
+    vectors = task.tokenizer.code_vectors()
+    centred = vectors - vectors.mean(0)
     fit = torch.linalg.lstsq(centred, rows).solution
     torch.testing.assert_close(centred @ fit, rows, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(plain.model.lm.get_input_embeddings().weight[:size], rows)
