@@ -47,18 +47,20 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-if TYPE_CHECKING:
-    from trainkit.data.config import DataConfig
-    from trainkit.data.dataset import DataSplits, ImageDataset, LazyImages
-    from trainkit.data.fashion_mnist import (
-        FASHION_MNIST_CLASSES,
-        FASHION_MNIST_DIR,
-        array2d_column,
-        fashion_mnist_dir,
-        load_fashion_mnist,
-        read_idx,
-    )
-    from trainkit.data.image_data import ImageData
-    from trainkit.data.shapes import SHAPES32_CLASSES, export_shapes32, load_shapes32
-    from trainkit.data.splits import holdout_indices
-    from trainkit.data.transforms import ImageTransform
+if TYPE_CHECKING:  # for type checkers and linters; `X as X` marks each name as re-exported
+    from trainkit.data.config import DataConfig as DataConfig
+    from trainkit.data.dataset import DataSplits as DataSplits
+    from trainkit.data.dataset import ImageDataset as ImageDataset
+    from trainkit.data.dataset import LazyImages as LazyImages
+    from trainkit.data.fashion_mnist import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES
+    from trainkit.data.fashion_mnist import FASHION_MNIST_DIR as FASHION_MNIST_DIR
+    from trainkit.data.fashion_mnist import array2d_column as array2d_column
+    from trainkit.data.fashion_mnist import fashion_mnist_dir as fashion_mnist_dir
+    from trainkit.data.fashion_mnist import load_fashion_mnist as load_fashion_mnist
+    from trainkit.data.fashion_mnist import read_idx as read_idx
+    from trainkit.data.image_data import ImageData as ImageData
+    from trainkit.data.shapes import SHAPES32_CLASSES as SHAPES32_CLASSES
+    from trainkit.data.shapes import export_shapes32 as export_shapes32
+    from trainkit.data.shapes import load_shapes32 as load_shapes32
+    from trainkit.data.splits import holdout_indices as holdout_indices
+    from trainkit.data.transforms import ImageTransform as ImageTransform
