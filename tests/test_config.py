@@ -84,7 +84,7 @@ def test_a_recipe_with_a_missing_or_circular_base_is_refused(tmp_path):
 
 def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     """The long tokenizer is the main one trained for more steps, its discriminator's schedule and
-    its checkpoints scaled with them, with its own dead-code threshold and L1 weight; the long prior
+    its checkpoints scaled with them, with its own dead-code threshold; the long prior
     is a larger model trained for more steps, with its own sampling defaults and no guide (its
     figures are without autoguidance); everything else is the main recipes'."""
     from stage2_prior.train import PriorTrainConfig
@@ -93,7 +93,7 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
     for cls, main, long, own in [
         (TokenizerTrainConfig, "tokenizer/fashion_mnist_vq.yaml", "tokenizer/fashion_mnist_vq_long.yaml",
          {"adversarial": None, "train": ["eval_every", "checkpoint_every"],
-          "model": ["vq_restart_threshold", "l1_weight"]}),
+          "model": ["vq_restart_threshold"]}),
         (PriorTrainConfig, "prior/fashion_mnist.yaml", "prior/fashion_mnist_long.yaml",
          {"model": None, "sampling": None}),
     ]:
@@ -108,7 +108,7 @@ def test_the_long_recipes_are_the_main_recipes_for_more_steps():
                     del cfg[section][key]
         assert long_cfg == short_cfg
     long_tokenizer = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer/fashion_mnist_vq_long.yaml")
-    assert long_tokenizer.model.vq_restart_threshold == 0.25 and long_tokenizer.model.l1_weight == 0.1
+    assert long_tokenizer.model.vq_restart_threshold == 0.25
     long_prior = load_config(PriorTrainConfig, CONFIGS / "prior/fashion_mnist_long.yaml")
     assert long_prior.guide_fraction is None and long_prior.sampling.autoguidance_scale == 0.0
     assert (long_prior.model.num_layers, long_prior.model.hidden_size) == (8, 256)
